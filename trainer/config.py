@@ -1,0 +1,302 @@
+"""Typed run configuration: one frozen dataclass per stage, loaded from YAML presets.
+
+Loading has no side effects (no directories are created). Unknown keys and values of the
+wrong type are rejected with a `ConfigError` that names the dotted key, e.g.
+``pretext.batch_size: expected int, got str 'big'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from trainer.errors import ConfigError
+
+DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100_20", "stl10", "folder", "imagenet")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images to train on. Labels, where a data set has them, are used only to evaluate."""
+
+    name: str = "fashion_mnist"
+    root: Optional[str] = None  # data directory; each reader documents its default
+    image_size: Optional[int] = None  # None: the data set's native size (folder/imagenet: required)
+    channels: Optional[int] = None  # None: native (1 for Fashion-MNIST, 3 otherwise)
+    train_subset: Optional[int] = None  # use a seeded random subset of this many training images
+    test_subset: Optional[int] = None
+    download: bool = True  # try to download a missing standard data set when the network allows
+    stl10_unlabeled: bool = True  # STL-10: add the 100k unlabeled images to the training split
+    class_list: Optional[str] = None  # imagenet: file with one class folder name per line
+    test_root: Optional[str] = None  # folder/imagenet: optional held-out folder for evaluation
+    in_memory: Optional[bool] = None  # None: decode into memory when it fits the budget below
+    in_memory_max_gb: float = 4.0
+    num_workers: int = 2  # DataLoader workers for sets decoded lazily
+    mean: Optional[tuple[float, ...]] = None  # None: the data set's usual statistics
+    std: Optional[tuple[float, ...]] = None
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASET_NAMES:
+            raise ConfigError(f"data.name: unknown data set {self.name!r}; choose one of {', '.join(DATASET_NAMES)}")
+        if self.image_size is not None and not 8 <= self.image_size <= 1024:
+            raise ConfigError(f"data.image_size: {self.image_size} is outside 8..1024")
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"data.channels: must be 1 or 3, got {self.channels}")
+        for key in ("train_subset", "test_subset"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"data.{key}: must be positive, got {value}")
+        if self.name in ("folder", "imagenet") and not self.root:
+            raise ConfigError(f"data.root: the {self.name!r} data set needs a folder (--set data.root=PATH)")
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("data.mean and data.std: set both or neither")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet18_cifar"  # resnet18_cifar | resnet18 | resnet50 | convnet
+    width: int = 64  # channels of the first stage; 64 is the standard ResNet
+    projection_dim: int = 128
+    projection_hidden: Optional[int] = None  # None: the backbone's feature size
+    pretrained: Optional[str] = None  # path to backbone weights (torchvision or SCAN/SimCLR layout)
+
+    def __post_init__(self) -> None:
+        if self.width < 4:
+            raise ConfigError(f"model.width: must be at least 4, got {self.width}")
+        if self.projection_dim < 1:
+            raise ConfigError(f"model.projection_dim: must be positive, got {self.projection_dim}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """SimCLR, weak and strong augmentation parameters (see trainer.augment)."""
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    strong_ops: int = 4  # RandAugment-style operations per image
+    cutout_fraction: float = 0.5  # cutout side as a fraction of the image side (16 px on 32 px)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"augment.crop_scale: need 0 < low <= high <= 1, got {self.crop_scale}")
+        for key in ("flip_p", "jitter_p", "grayscale_p", "cutout_fraction"):
+            value = getattr(self, key)
+            if not 0 <= value <= 1:
+                raise ConfigError(f"augment.{key}: must be within [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class PretextConfig:
+    """SimCLR instance discrimination. Defaults are the SCAN reference settings for CIFAR-10."""
+
+    epochs: int = 500
+    batch_size: int = 512
+    lr: float = 0.4
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    temperature: float = 0.1
+    lr_decay_rate: float = 0.1  # cosine schedule ends at lr * lr_decay_rate**3
+    warmup_epochs: int = 0
+    channels_last: Optional[bool] = None  # None: on for CUDA, off for CPU
+    compile: bool = False  # torch.compile the model
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"pretext.epochs: must be at least 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ConfigError(f"pretext.batch_size: NT-Xent needs at least 2 images per batch, got {self.batch_size}")
+        if self.temperature <= 0:
+            raise ConfigError(f"pretext.temperature: must be positive, got {self.temperature}")
+        if self.lr <= 0:
+            raise ConfigError(f"pretext.lr: must be positive, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class NeighborsConfig:
+    k: int = 20
+    batch_size: int = 512
+    feature: str = "projection"  # projection (SimCLR head output) | backbone
+    faiss_gpu: Optional[bool] = None  # None: use a GPU index when faiss has GPU support and the device is CUDA
+    kmeans_clusters: Optional[int] = None  # k-means baseline on the features; None: number of classes (if known)
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"neighbors.k: must be at least 1, got {self.k}")
+        if self.feature not in ("projection", "backbone"):
+            raise ConfigError(f"neighbors.feature: must be 'projection' or 'backbone', got {self.feature!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pretext: PretextConfig = field(default_factory=PretextConfig)
+    neighbors: NeighborsConfig = field(default_factory=NeighborsConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- building from plain data
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against the type hint `hint`; return it converted (lists to tuples, ints to floats)."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{key}: {_describe(value)} matches none of {hint}")
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {_describe(value)}")
+        return _build(hint, value, key)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {_describe(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
+    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - programming error
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown configuration key {where}{unknown[0]}; valid keys{' under ' + prefix if prefix else ''}: "
+            + ", ".join(sorted(names))
+        )
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix or 'config'}: {exc}") from exc
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. pretext.epochs=10")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from exc
+    return key.split("."), value
+
+
+def _apply_override(tree: dict[str, Any], path: list[str], value: Any, cls: type) -> None:
+    node, node_cls = tree, cls
+    for depth, part in enumerate(path):
+        fields = {f.name: f for f in dataclasses.fields(node_cls)}
+        dotted = ".".join(path[: depth + 1])
+        if part not in fields:
+            raise ConfigError(f"unknown configuration key {dotted}; valid keys here: {', '.join(sorted(fields))}")
+        if depth == len(path) - 1:
+            node[part] = value
+            return
+        child_cls = typing.get_type_hints(node_cls)[part]
+        if not dataclasses.is_dataclass(child_cls):
+            raise ConfigError(f"{dotted} is a value, not a section")
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: expected a mapping in the preset")
+        node_cls = child_cls
+
+
+def config_from_dict(values: dict[str, Any], overrides: list[str] = ()) -> RunConfig:
+    """Build a RunConfig from plain data plus `key=value` overrides (values parsed as YAML)."""
+    tree = _to_plain(values or {})
+    if not isinstance(tree, dict):
+        raise ConfigError(f"configuration must be a mapping, got {_describe(values)}")
+    for text in overrides:
+        path, value = _parse_override(text)
+        _apply_override(tree, path, value, RunConfig)
+    return _build(RunConfig, tree)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML preset and apply overrides. Raises ConfigError naming the offending key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    try:
+        return config_from_dict(values, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,59 @@
+"""The stages in order, each skipped when finished and resumed when interrupted."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any, Callable, Optional
+
+import torch
+
+from trainer.config import RunConfig
+from trainer.errors import CheckpointError
+from trainer.rundir import RunDir
+from trainer.stages.neighbors import STAGE as NEIGHBORS, run_neighbors
+from trainer.stages.pretext import STAGE as PRETEXT, run_pretext
+
+StageFn = Callable[[RunConfig, RunDir, torch.device, bool], dict[str, Any]]
+
+STAGES: dict[str, StageFn] = {PRETEXT: run_pretext, NEIGHBORS: run_neighbors}
+ORDER = list(STAGES)
+
+
+def run_pipeline(
+    config: RunConfig,
+    output: str,
+    device: torch.device,
+    stage: Optional[str] = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every unfinished stage (or only `stage`, whose predecessors must be done); return the report."""
+    run = RunDir(output)
+    run.bind_config(config)
+    wanted = ORDER if stage is None else [stage]
+    if stage is not None:
+        missing = [s for s in ORDER[: ORDER.index(stage)] if not run.stage_done(s)]
+        if missing:
+            raise CheckpointError(f"--stage {stage} needs the {', '.join(missing)} stage(s) done first in {run.path}")
+    run.update_report(
+        "environment",
+        {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+         "threads": torch.get_num_threads()},
+    )
+    for name in wanted:
+        if run.stage_done(name):
+            log(f"{name}: already done in {run.path}, skipping")
+            continue
+        log(f"{name}: running on {device}")
+        entry = STAGES[name](config, run, device, progress)
+        run.update_report(name, entry)
+        log(f"{name}: done ({_summary(entry)})")
+    return run.read_report()
+
+
+def _summary(entry: dict[str, Any]) -> str:
+    keys = [k for k in entry if k.startswith("purity@") or k in ("final_loss", "wall_time_s")]
+    parts = [f"{k} {entry[k]:.3f}" if isinstance(entry[k], float) else f"{k} {entry[k]}" for k in keys]
+    if "kmeans_test" in entry:
+        parts.append("k-means test ACC {acc:.3f} NMI {nmi:.3f} ARI {ari:.3f}".format(**entry["kmeans_test"]))
+    return ", ".join(parts)

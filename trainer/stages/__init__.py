@@ -1,0 +1,1 @@
+"""Training stages: each runs from a config and a run directory and returns its report entry."""

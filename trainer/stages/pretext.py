@@ -1,0 +1,226 @@
+"""Stage 1: SimCLR instance discrimination (two augmented views, NT-Xent).
+
+`train_one_epoch` is a plain function of what it needs and returns averaged metrics;
+`run_pretext` composes data, model, augmentation and optimizer, logs one JSON line per
+epoch, checkpoints atomically after every epoch and resumes from the last checkpoint.
+Every epoch's shuffle order and augmentation randomness derive from (seed, epoch), so a
+resumed run repeats exactly the epoch that was interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from tqdm import tqdm
+
+from trainer.augment import build_augment
+from trainer.config import PretextConfig, RunConfig
+from trainer.data import dataset_stats, load_dataset
+from trainer.data.base import ImageSet, iterate_batches
+from trainer.device import autocast, use_channels_last
+from trainer.errors import CheckpointError, TrainerError
+from trainer.losses import nt_xent
+from trainer.models.scan_model import ScanModel
+from trainer.rundir import RunDir, atomic_torch_save, load_checkpoint
+
+STAGE = "pretext"
+
+
+def cosine_lr(step: int, total_steps: int, base_lr: float, decay_rate: float = 0.1, warmup_steps: int = 0) -> float:
+    """Learning rate at `step`: linear warmup, then cosine from base_lr to base_lr * decay_rate**3."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    floor = base_lr * decay_rate**3
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train_one_epoch(
+    model: ScanModel,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    augment: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_at: Callable[[int], float],
+    start_step: int,
+    device: torch.device,
+    temperature: float,
+    channels_last: bool = False,
+    progress: Optional[tqdm] = None,
+    project: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> dict[str, float]:
+    """One pass over `batches` of uint8 images `(B, C, H, W)`; returns averaged metrics.
+
+    `project` replaces `model.project` (e.g. a torch.compile'd version of it).
+    Raises TrainerError on a non-finite loss rather than training on garbage.
+    """
+    project = project or model.project
+    model.train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    step, total_loss, seen, started = start_step, 0.0, 0, time.perf_counter()
+    for _, images in batches:
+        images = images.to(device, non_blocking=True)
+        with torch.no_grad():
+            views = torch.cat([augment(images), augment(images)]).contiguous(memory_format=memory_format)
+        lr = lr_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(device):
+            z = project(views)
+        z1, z2 = z.float().chunk(2)
+        loss = nt_xent(z1, z2, temperature)
+        if not torch.isfinite(loss):
+            raise TrainerError(f"pretext: the loss became {loss.item()} at step {step}; lower pretext.lr and restart")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        batch = images.shape[0]
+        total_loss += loss.item() * batch
+        seen += batch
+        if progress is not None:
+            progress.update(batch)
+            progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
+    seconds = time.perf_counter() - started
+    if seen == 0:
+        raise TrainerError("pretext: an epoch saw no batch (fewer images than 2?)")
+    return {
+        "loss": total_loss / seen,
+        "lr": lr,
+        "images": seen,
+        "seconds": seconds,
+        "images_per_s": seen / seconds,
+        "step": step,
+    }
+
+
+def build_optimizer(model: torch.nn.Module, cfg: PretextConfig) -> torch.optim.SGD:
+    """SGD; no weight decay on biases and BatchNorm parameters (1-d tensors)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+    )
+
+
+def build_pretext_model(config: RunConfig, train: ImageSet) -> ScanModel:
+    mean, std = dataset_stats(config.data, train.channels)
+    return ScanModel.from_config(config.model, in_channels=train.channels, mean=mean, std=std)
+
+
+def checkpoint_payload(
+    model: ScanModel, config: RunConfig, fingerprint: str, **extra: Any
+) -> dict[str, Any]:
+    """What every checkpoint carries so a model can be rebuilt from the file alone."""
+    return {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_args": model.model_args(),
+        "config": config.to_dict(),
+        "data_fingerprint": fingerprint,
+        **extra,
+    }
+
+
+def load_stage_model(path, expected_fingerprint: Optional[str] = None) -> tuple[ScanModel, dict[str, Any]]:
+    """Rebuild a model saved by `checkpoint_payload` (weights_only load)."""
+    payload = load_checkpoint(path)
+    if expected_fingerprint is not None and payload.get("data_fingerprint") != expected_fingerprint:
+        raise CheckpointError(
+            f"{path} was trained on other data (fingerprint {payload.get('data_fingerprint')}, "
+            f"now {expected_fingerprint}); use a new run directory"
+        )
+    model = ScanModel.from_args(payload["model_args"])
+    model.load_state_dict(payload["model"])
+    return model, payload
+
+
+def run_pretext(config: RunConfig, run: RunDir, device: torch.device, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) the pretext model; returns the report entry. Writes pretext/model.pt."""
+    cfg = config.pretext
+    stage_dir = run.stage_dir(STAGE)
+    checkpoint_path, model_path = stage_dir / "checkpoint.pt", stage_dir / "model.pt"
+
+    # data
+    train = load_dataset(config.data, "train", seed=config.seed)
+    if len(train) < 2:
+        raise TrainerError(f"pretext: the training set has {len(train)} image(s); SimCLR needs at least 2")
+    fingerprint = train.fingerprint()
+    batch_size = min(cfg.batch_size, len(train))
+    steps_per_epoch = len(train) // batch_size
+    total_steps = steps_per_epoch * cfg.epochs
+
+    # networks
+    model = build_pretext_model(config, train)
+    channels_last = use_channels_last(device, cfg.channels_last)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    augment = build_augment("simclr", train.image_size, train.channels, config.augment).to(device)
+    optimizer = build_optimizer(model, cfg)
+    project = torch.compile(model.project) if cfg.compile else model.project
+
+    # resume
+    start_epoch, elapsed = 0, 0.0
+    if checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path)
+        if state.get("data_fingerprint") != fingerprint:
+            raise CheckpointError(f"{checkpoint_path} was made on other data; use a new --output")
+        if state.get("model_args") != model.model_args():
+            raise CheckpointError(f"{checkpoint_path} holds another architecture; use a new --output")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, elapsed = state["epoch"], state["elapsed"]
+        print(f"pretext: resuming after epoch {start_epoch} of {cfg.epochs}")
+
+    def lr_at(step: int) -> float:
+        return cosine_lr(step, total_steps, cfg.lr, cfg.lr_decay_rate, cfg.warmup_epochs * steps_per_epoch)
+
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(config.seed * 100_003 + epoch)  # augmentation randomness of this epoch
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed * 7_919 + epoch))
+        batches = iterate_batches(
+            train, batch_size, order=order, drop_last=True, num_workers=config.data.num_workers
+        )
+        bar = tqdm(
+            total=steps_per_epoch * batch_size,
+            desc=f"pretext {epoch + 1}/{cfg.epochs}",
+            unit="img",
+            disable=not progress,
+            leave=False,
+        )
+        with bar:
+            metrics = train_one_epoch(
+                model, batches, augment, optimizer, lr_at, epoch * steps_per_epoch, device,
+                cfg.temperature, channels_last, bar, project,
+            )
+        elapsed += metrics["seconds"]
+        run.log_metrics(STAGE, epoch + 1, metrics)
+        print(
+                f"pretext epoch {epoch + 1}/{cfg.epochs}: loss {metrics['loss']:.4f}, "
+                f"{metrics['images_per_s']:.0f} img/s", flush=True
+        )
+        atomic_torch_save(
+            checkpoint_path,
+            checkpoint_payload(
+                model, config, fingerprint, optimizer=optimizer.state_dict(), epoch=epoch + 1, elapsed=elapsed
+            ),
+        )
+
+    final = load_checkpoint(checkpoint_path)
+    atomic_torch_save(model_path, {k: v for k, v in final.items() if k != "optimizer"})
+    last = run.read_metrics(STAGE)[-1] if run.read_metrics(STAGE) else metrics
+    return {
+        "status": "done",
+        "epochs": cfg.epochs,
+        "train_images": len(train),
+        "final_loss": last.get("loss"),
+        "images_per_s": last.get("images_per_s"),
+        "wall_time_s": round(final["elapsed"], 1),
+        "device": str(device),
+        "model": str(model_path.relative_to(run.path)),
+    }
