@@ -212,8 +212,10 @@ def _forever(loader):
 
 
 def _machine(device: torch.device) -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
     info = {
         "platform": platform.platform(),
+        "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

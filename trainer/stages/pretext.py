@@ -155,7 +155,8 @@ def run_pretext(config: RunConfig, run: RunDir, device: torch.device, progress: 
     steps_per_epoch = len(train) // batch_size
     total_steps = steps_per_epoch * cfg.epochs
 
-    # networks
+    # networks (initialised from the seed, so a run is reproducible)
+    torch.manual_seed(config.seed)
     model = build_pretext_model(config, train)
     channels_last = use_channels_last(device, cfg.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -201,8 +202,9 @@ def run_pretext(config: RunConfig, run: RunDir, device: torch.device, progress: 
         elapsed += metrics["seconds"]
         run.log_metrics(STAGE, epoch + 1, metrics)
         print(
-                f"pretext epoch {epoch + 1}/{cfg.epochs}: loss {metrics['loss']:.4f}, "
-                f"{metrics['images_per_s']:.0f} img/s", flush=True
+            f"pretext epoch {epoch + 1}/{cfg.epochs}: loss {metrics['loss']:.4f}, "
+            f"{metrics['images_per_s']:.0f} img/s",
+            flush=True,
         )
         atomic_torch_save(
             checkpoint_path,
