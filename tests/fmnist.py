@@ -22,7 +22,9 @@ def tiny_config(train=512, test=256, epochs=2, **sections):
         "model": {"backbone": "convnet", "width": 8, "projection_dim": 32},
         "augment": {"jitter": [0.4, 0.4, 0.0, 0.0], "grayscale_p": 0.0},
         "pretext": {"epochs": epochs, "batch_size": 128, "lr": 0.2},
-        "neighbors": {"k": 5},
+        "neighbors": {"k": 5, "feature": "backbone"},
+        "scan": {"epochs": 2, "num_heads": 2, "batch_size": 128},
+        "selflabel": {"epochs": 2, "batch_size": 128, "threshold": 0.5},
     }
     for name, section in sections.items():
         values.setdefault(name, {}).update(section)

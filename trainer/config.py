@@ -138,6 +138,79 @@ class NeighborsConfig:
 
 
 @dataclass(frozen=True)
+class ScanConfig:
+    """SCAN clustering: several linear heads on the pretext backbone, the lowest-loss head is kept."""
+
+    num_clusters: int = 10
+    num_heads: int = 10
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    entropy_weight: float = 5.0
+    update: str = "full"  # full: backbone and heads | head: heads only, backbone frozen
+    augment: str = "weak"  # weak | strong | none (none + update=head trains on cached features: fastest)
+
+    def __post_init__(self) -> None:
+        if self.num_clusters < 2:
+            raise ConfigError(f"scan.num_clusters: need at least 2 clusters, got {self.num_clusters}")
+        if self.num_heads < 1:
+            raise ConfigError(f"scan.num_heads: need at least 1 head, got {self.num_heads}")
+        if self.epochs < 1:
+            raise ConfigError(f"scan.epochs: must be at least 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ConfigError(f"scan.batch_size: the entropy term needs at least 2 images, got {self.batch_size}")
+        if self.update not in ("full", "head"):
+            raise ConfigError(f"scan.update: must be 'full' or 'head', got {self.update!r}")
+        if self.augment not in ("weak", "strong", "none"):
+            raise ConfigError(f"scan.augment: must be 'weak', 'strong' or 'none', got {self.augment!r}")
+        if self.entropy_weight < 0:
+            raise ConfigError(f"scan.entropy_weight: must not be negative, got {self.entropy_weight}")
+
+
+@dataclass(frozen=True)
+class SelfLabelConfig:
+    """Self-labeling on confident predictions, guarded against collapse (see trainer.health)."""
+
+    enabled: bool = True
+    epochs: int = 200
+    batch_size: int = 1000
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    threshold: float = 0.99  # max probability above which a prediction becomes a pseudo-label
+    class_balance: bool = True
+    ema: Optional[float] = None  # e.g. 0.999: train an exponential moving average of the weights
+    update: str = "full"  # full | head
+    # The collapse guard: an epoch that fails any of these ends the stage and the best
+    # earlier state (the SCAN model if none) is kept.
+    guard_min_agreement: float = 0.6  # argmax agreement with the starting model, on the training images
+    guard_entropy_drop: float = 0.05  # allowed drop of the normalized cluster-size entropy
+    guard_min_cluster_share: float = 0.1  # a cluster counts as populated above this share of N / clusters
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"selflabel.epochs: must be at least 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ConfigError(f"selflabel.batch_size: must be at least 2, got {self.batch_size}")
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"selflabel.threshold: must be within (0, 1), got {self.threshold}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ConfigError(f"selflabel.ema: must be within (0, 1), got {self.ema}")
+        if self.update not in ("full", "head"):
+            raise ConfigError(f"selflabel.update: must be 'full' or 'head', got {self.update!r}")
+        for key in ("guard_min_agreement", "guard_entropy_drop", "guard_min_cluster_share"):
+            value = getattr(self, key)
+            if not 0 <= value <= 1:
+                raise ConfigError(f"selflabel.{key}: must be within [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    prototypes: int = 8  # prototypes per cluster in the grid and the saved ids
+    confident_share: float = 0.2  # the cluster's most confident share defines its mean embedding
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -145,6 +218,9 @@ class RunConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     pretext: PretextConfig = field(default_factory=PretextConfig)
     neighbors: NeighborsConfig = field(default_factory=NeighborsConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    selflabel: SelfLabelConfig = field(default_factory=SelfLabelConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))

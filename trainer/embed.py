@@ -41,3 +41,28 @@ def embed_images(
             out.append(torch.nn.functional.normalize(z.float(), dim=1).cpu().numpy())
             bar.update(len(batch))
     return np.concatenate(out).astype(np.float32, copy=False)
+
+
+@torch.no_grad()
+def predict_images(
+    model: ScanModel,
+    images: ImageSet,
+    device: torch.device,
+    batch_size: int = 512,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One pass: `(probs (H, N, C) float32 per cluster head, embeddings (N, D) float32 L2-normalized)`."""
+    model.eval()
+    probs: list[np.ndarray] = []
+    embeddings: list[np.ndarray] = []
+    with tqdm(total=len(images), desc=f"predict {images.name}", unit="img", disable=not progress, leave=False) as bar:
+        for _, batch in iterate_batches(images, batch_size, num_workers=num_workers):
+            x = batch.to(device, non_blocking=True).float().div_(255)
+            with autocast(device):
+                features = model.features(x)
+                logits = model.cluster_logits_from_features(features)
+            probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+            embeddings.append(torch.nn.functional.normalize(features.float(), dim=1).cpu().numpy())
+            bar.update(len(batch))
+    return np.concatenate(probs, axis=1), np.concatenate(embeddings)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -23,3 +25,64 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> tor
     logits.fill_diagonal_(float("-inf"))  # a view is never its own candidate
     partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(logits, partner)
+
+
+def scan_loss(
+    anchor_logits: torch.Tensor, neighbor_logits: torch.Tensor, entropy_weight: float = 5.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SCAN loss of a batch of anchors and one mined neighbor each: `(total, consistency, entropy)`.
+
+    anchor_logits, neighbor_logits: `(N, C)`. consistency = -mean log <p(anchor), p(neighbor)>
+    (low when both are confidently in the same cluster); entropy = H(mean_batch p(anchor))
+    (high when the batch spreads over clusters); total = consistency - entropy_weight * entropy.
+    """
+    if anchor_logits.shape != neighbor_logits.shape or anchor_logits.ndim != 2:
+        raise ValueError(
+            f"scan_loss needs two (N, C) tensors of one shape, got {tuple(anchor_logits.shape)} "
+            f"and {tuple(neighbor_logits.shape)}"
+        )
+    p_anchor = F.softmax(anchor_logits.float(), dim=1)
+    p_neighbor = F.softmax(neighbor_logits.float(), dim=1)
+    similarity = (p_anchor * p_neighbor).sum(dim=1)
+    consistency = -torch.log(similarity.clamp_min(1e-8)).mean()
+    entropy = _entropy(p_anchor.mean(dim=0))
+    return consistency - entropy_weight * entropy, consistency, entropy
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * torch.log(p.clamp_min(1e-8))).sum()
+
+
+def pseudo_label_targets(
+    weak_logits: torch.Tensor, threshold: float, class_balance: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """From predictions on weak views `(N, C)`: `(mask (N,) bool, targets (N,) int64, class weights (C,) or None)`.
+
+    A sample is pseudo-labelled when its max probability exceeds `threshold`. Class weights
+    are the inverse frequency of each pseudo-label among the masked samples (zero for
+    classes with none), so rare clusters are not drowned by large ones.
+    """
+    probs = F.softmax(weak_logits.detach().float(), dim=1)
+    confidence, targets = probs.max(dim=1)
+    mask = confidence > threshold
+    weights = None
+    if class_balance and mask.any():
+        counts = torch.bincount(targets[mask], minlength=probs.shape[1]).float()
+        frequency = counts / counts.sum()
+        weights = torch.where(counts > 0, 1.0 / frequency.clamp_min(1e-12), torch.zeros_like(frequency))
+    return mask, targets, weights
+
+
+def selflabel_loss(
+    weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float = 0.99, class_balance: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross entropy of strong views against confident pseudo-labels of weak views: `(loss, masked fraction)`.
+
+    With no confident sample in the batch the loss is a zero that still carries a graph.
+    """
+    mask, targets, weights = pseudo_label_targets(weak_logits, threshold, class_balance)
+    fraction = mask.float().mean()
+    if not mask.any():
+        return strong_logits.sum() * 0.0, fraction
+    loss = F.cross_entropy(strong_logits[mask].float(), targets[mask], weight=weights)
+    return loss, fraction

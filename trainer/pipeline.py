@@ -12,10 +12,12 @@ from trainer.errors import CheckpointError
 from trainer.rundir import RunDir
 from trainer.stages.neighbors import STAGE as NEIGHBORS, run_neighbors
 from trainer.stages.pretext import STAGE as PRETEXT, run_pretext
+from trainer.stages.scan import STAGE as SCAN, run_scan
+from trainer.stages.selflabel import STAGE as SELFLABEL, run_selflabel
 
 StageFn = Callable[[RunConfig, RunDir, torch.device, bool], dict[str, Any]]
 
-STAGES: dict[str, StageFn] = {PRETEXT: run_pretext, NEIGHBORS: run_neighbors}
+STAGES: dict[str, StageFn] = {PRETEXT: run_pretext, NEIGHBORS: run_neighbors, SCAN: run_scan, SELFLABEL: run_selflabel}
 ORDER = list(STAGES)
 
 
@@ -48,12 +50,32 @@ def run_pipeline(
         entry = STAGES[name](config, run, device, progress)
         run.update_report(name, entry)
         log(f"{name}: done ({_summary(entry)})")
+    _record_final(run)
     return run.read_report()
 
 
+def _record_final(run: RunDir) -> None:
+    """report["final"]: the model a user (and scan-export) should take from this run."""
+    report = run.read_report()
+    for stage in (SELFLABEL, SCAN):
+        entry = report.get(stage, {})
+        if entry.get("status") == "done" and "model" in entry:
+            final = {"stage": stage, "model": entry["model"], "kept": entry.get("kept", f"{stage} model")}
+            for key in ("test", "health", "pictures", "prototypes"):
+                if key in entry:
+                    final[key] = entry[key]
+            run.update_report("final", final)
+            return
+
+
 def _summary(entry: dict[str, Any]) -> str:
-    keys = [k for k in entry if k.startswith("purity@") or k in ("final_loss", "wall_time_s")]
+    keys = [k for k in entry if k.startswith("purity@") or k in ("final_loss", "chosen_head", "kept", "wall_time_s")]
     parts = [f"{k} {entry[k]:.3f}" if isinstance(entry[k], float) else f"{k} {entry[k]}" for k in keys]
     if "kmeans_test" in entry:
         parts.append("k-means test ACC {acc:.3f} NMI {nmi:.3f} ARI {ari:.3f}".format(**entry["kmeans_test"]))
+    if "test" in entry:
+        parts.append("test ACC {acc:.3f} NMI {nmi:.3f} ARI {ari:.3f}".format(**entry["test"]))
+    if "health" in entry:
+        h = entry["health"]
+        parts.append(f"{h['populated']}/{h['clusters']} clusters populated, confident {h['confident_fraction']:.2f}")
     return ", ".join(parts)

@@ -135,6 +135,17 @@ class ScanModel(nn.Module):
         self.cluster_heads = heads
         return heads
 
+    def keep_head(self, index: int) -> None:
+        """Keep only cluster head `index` (as head 0), e.g. the one SCAN selected."""
+        if self.cluster_heads is None:
+            raise RuntimeError("this ScanModel has no cluster heads")
+        if not 0 <= index < self.cluster_heads.num_heads:
+            raise ValueError(f"head {index} does not exist; the model has {self.cluster_heads.num_heads}")
+        chosen = self.cluster_heads.heads[index]
+        kept = ClusterHeads(self.feature_dim, self.cluster_heads.num_clusters, 1)
+        kept.heads[0].load_state_dict(chosen.state_dict())
+        self.cluster_heads = kept.to(device=chosen.weight.device, dtype=chosen.weight.dtype)
+
     def drop_projection_head(self) -> None:
         """Remove the SimCLR projection head (SCAN clustering works on backbone features)."""
         self.projection_head = None

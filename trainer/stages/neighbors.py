@@ -17,11 +17,11 @@ import torch
 from trainer.config import RunConfig
 from trainer.data import load_dataset
 from trainer.embed import embed_images
-from trainer.errors import CheckpointError
 from trainer.evaluate import cluster_metrics, neighbor_purity
 from trainer.neighbors import assign, kmeans, mine_neighbors, resolve_faiss_gpu
 from trainer.rundir import RunDir, atomic_save_npy
-from trainer.stages.pretext import STAGE as PRETEXT, load_stage_model
+from trainer.stages.common import load_stage_model
+from trainer.stages.pretext import STAGE as PRETEXT
 
 STAGE = "neighbors"
 
@@ -30,8 +30,6 @@ def run_neighbors(config: RunConfig, run: RunDir, device: torch.device, progress
     cfg = config.neighbors
     started = time.perf_counter()
     model_path = run.stage_dir(PRETEXT) / "model.pt"
-    if not model_path.exists():
-        raise CheckpointError(f"{model_path} is missing: run the pretext stage first")
     train = load_dataset(config.data, "train", seed=config.seed)
     test = load_dataset(config.data, "test", seed=config.seed)
     model, _ = load_stage_model(model_path, expected_fingerprint=train.fingerprint())

@@ -21,10 +21,11 @@ from trainer.config import PretextConfig, RunConfig
 from trainer.data import dataset_stats, load_dataset
 from trainer.data.base import ImageSet, iterate_batches
 from trainer.device import autocast, use_channels_last
-from trainer.errors import CheckpointError, TrainerError
+from trainer.errors import TrainerError
 from trainer.losses import nt_xent
 from trainer.models.scan_model import ScanModel
-from trainer.rundir import RunDir, atomic_torch_save, load_checkpoint
+from trainer.rundir import RunDir
+from trainer.stages.common import finish, resume, save_epoch, seed_epoch
 
 STAGE = "pretext"
 
@@ -114,32 +115,6 @@ def build_pretext_model(config: RunConfig, train: ImageSet) -> ScanModel:
     return ScanModel.from_config(config.model, in_channels=train.channels, mean=mean, std=std)
 
 
-def checkpoint_payload(
-    model: ScanModel, config: RunConfig, fingerprint: str, **extra: Any
-) -> dict[str, Any]:
-    """What every checkpoint carries so a model can be rebuilt from the file alone."""
-    return {
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "model_args": model.model_args(),
-        "config": config.to_dict(),
-        "data_fingerprint": fingerprint,
-        **extra,
-    }
-
-
-def load_stage_model(path, expected_fingerprint: Optional[str] = None) -> tuple[ScanModel, dict[str, Any]]:
-    """Rebuild a model saved by `checkpoint_payload` (weights_only load)."""
-    payload = load_checkpoint(path)
-    if expected_fingerprint is not None and payload.get("data_fingerprint") != expected_fingerprint:
-        raise CheckpointError(
-            f"{path} was trained on other data (fingerprint {payload.get('data_fingerprint')}, "
-            f"now {expected_fingerprint}); use a new run directory"
-        )
-    model = ScanModel.from_args(payload["model_args"])
-    model.load_state_dict(payload["model"])
-    return model, payload
-
-
 def run_pretext(config: RunConfig, run: RunDir, device: torch.device, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) the pretext model; returns the report entry. Writes pretext/model.pt."""
     cfg = config.pretext
@@ -165,25 +140,14 @@ def run_pretext(config: RunConfig, run: RunDir, device: torch.device, progress: 
     project = torch.compile(model.project) if cfg.compile else model.project
 
     # resume
-    start_epoch, elapsed = 0, 0.0
-    if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
-        if state.get("data_fingerprint") != fingerprint:
-            raise CheckpointError(f"{checkpoint_path} was made on other data; use a new --output")
-        if state.get("model_args") != model.model_args():
-            raise CheckpointError(f"{checkpoint_path} holds another architecture; use a new --output")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, elapsed = state["epoch"], state["elapsed"]
-        print(f"pretext: resuming after epoch {start_epoch} of {cfg.epochs}")
+    start_epoch, elapsed, _ = resume(checkpoint_path, model, optimizer, fingerprint, STAGE)
 
     def lr_at(step: int) -> float:
         return cosine_lr(step, total_steps, cfg.lr, cfg.lr_decay_rate, cfg.warmup_epochs * steps_per_epoch)
 
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.epochs):
-        torch.manual_seed(config.seed * 100_003 + epoch)  # augmentation randomness of this epoch
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed * 7_919 + epoch))
+        order = torch.randperm(len(train), generator=seed_epoch(config.seed, epoch))
         batches = iterate_batches(
             train, batch_size, order=order, drop_last=True, num_workers=config.data.num_workers
         )
@@ -206,15 +170,9 @@ def run_pretext(config: RunConfig, run: RunDir, device: torch.device, progress: 
             f"{metrics['images_per_s']:.0f} img/s",
             flush=True,
         )
-        atomic_torch_save(
-            checkpoint_path,
-            checkpoint_payload(
-                model, config, fingerprint, optimizer=optimizer.state_dict(), epoch=epoch + 1, elapsed=elapsed
-            ),
-        )
+        save_epoch(checkpoint_path, model, config, fingerprint, optimizer, epoch + 1, elapsed)
 
-    final = load_checkpoint(checkpoint_path)
-    atomic_torch_save(model_path, {k: v for k, v in final.items() if k != "optimizer"})
+    final = finish(checkpoint_path, model_path)
     last = run.read_metrics(STAGE)[-1] if run.read_metrics(STAGE) else metrics
     return {
         "status": "done",

@@ -1,0 +1,88 @@
+"""What a clustering stage reports and draws: health, test metrics, prototypes, pictures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from trainer import pictures
+from trainer.config import RunConfig
+from trainer.data.base import ImageSet
+from trainer.evaluate import cluster_metrics, confusion_matrix
+from trainer.health import Health, measure_health
+from trainer.prototypes import find_prototypes
+from trainer.rundir import atomic_save_npy, atomic_write_text
+
+
+def test_metrics(probs: np.ndarray, test: Optional[ImageSet]) -> Optional[dict[str, float]]:
+    """ACC/NMI/ARI of `probs (N, C)` on a labelled test split, else None."""
+    if test is None or not test.has_labels:
+        return None
+    num_classes = len(test.class_names) if test.class_names else None
+    return cluster_metrics(probs.argmax(axis=1), test.labels.numpy(), probs.shape[1], num_classes)
+
+
+def summarize_clustering(
+    config: RunConfig,
+    out_dir: Path,
+    train: ImageSet,
+    train_probs: np.ndarray,
+    train_embeddings: np.ndarray,
+    test: Optional[ImageSet],
+    test_probs: Optional[np.ndarray],
+    health: Health,
+    title: str,
+) -> dict[str, Any]:
+    """Write prototypes (ids + sources) and pictures into `out_dir`; return the report fragment."""
+    out_dir = Path(out_dir)
+    ids, centers, sims = find_prototypes(
+        train_probs, train_embeddings, config.report.prototypes, config.report.confident_share
+    )
+    padded = np.full((len(ids), config.report.prototypes), -1, dtype=np.int64)
+    for k, row in enumerate(ids):
+        padded[k, : len(row)] = row
+    atomic_save_npy(out_dir / "prototype_ids.npy", padded)
+    atomic_save_npy(out_dir / "cluster_centers.npy", centers)
+    atomic_write_text(
+        out_dir / "prototypes.json",
+        json.dumps(
+            {
+                "clusters": [
+                    {"cluster": k, "size": health.sizes[k], "ids": row, "similarity": [round(s, 5) for s in sims[k]],
+                     "sources": [train.source(i) for i in row]}
+                    for k, row in enumerate(ids)
+                ]
+            },
+            indent=1,
+        )
+        + "\n",
+    )
+    drawn = {
+        "prototypes": pictures.prototype_grid(
+            train, ids, out_dir / "prototypes.png", cluster_sizes=list(health.sizes), title=f"{title}: prototypes"
+        ),
+        "cluster_sizes": pictures.cluster_sizes(
+            list(health.sizes), out_dir / "cluster_sizes.png", title=f"{title}: images per cluster"
+        ),
+    }
+    entry: dict[str, Any] = {"health": health.to_dict(), "prototypes": str(out_dir / "prototypes.json")}
+    metrics = test_metrics(test_probs, test) if test_probs is not None else None
+    if metrics is not None:
+        entry["test"] = metrics
+        num_classes = len(test.class_names) if test.class_names else int(test.labels.max()) + 1
+        known = test.labels.numpy() >= 0
+        counts = confusion_matrix(test_probs.argmax(axis=1)[known], test.labels.numpy()[known],
+                                  test_probs.shape[1], num_classes)
+        drawn["confusion_test"] = pictures.confusion_matrix_plot(
+            counts, out_dir / "confusion_test.png", class_names=test.class_names,
+            title=f"{title}: test split (ACC {metrics['acc']:.3f})",
+        )
+    entry["pictures"] = {k: str(v) for k, v in drawn.items()}
+    return entry
+
+
+def health_of(probs: np.ndarray, config: RunConfig, reference: Optional[np.ndarray] = None) -> Health:
+    return measure_health(probs, config.selflabel.threshold, reference, config.selflabel.guard_min_cluster_share)
