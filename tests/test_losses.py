@@ -62,3 +62,87 @@ def test_nt_xent_rejects_mismatched_shapes_and_single_pairs():
         nt_xent(torch.randn(4, 3), torch.randn(5, 3))
     with pytest.raises(ValueError, match="at least 2"):
         nt_xent(torch.randn(1, 3), torch.randn(1, 3))
+
+
+# ---------------------------------------------------------------- SCAN loss
+
+from trainer.losses import pseudo_label_targets, scan_loss, selflabel_loss  # noqa: E402
+
+
+def _one_hot_logits(clusters, num_clusters, scale=50.0):
+    return F.one_hot(torch.as_tensor(clusters), num_clusters).float() * scale
+
+
+def test_scan_loss_is_minimal_for_confident_consistent_pairs_spread_over_clusters():
+    c, w = 4, 5.0
+    logits = _one_hot_logits([0, 1, 2, 3] * 4, c)
+    total, consistency, entropy = scan_loss(logits, logits.clone(), w)
+    assert consistency.item() == pytest.approx(0.0, abs=1e-6)
+    assert entropy.item() == pytest.approx(math.log(c), rel=1e-6)
+    assert total.item() == pytest.approx(-w * math.log(c), rel=1e-6)  # the lowest value the loss can take
+    torch.manual_seed(0)
+    for _ in range(20):
+        a, n = torch.randn(16, c) * 3, torch.randn(16, c) * 3
+        assert scan_loss(a, n, w)[0].item() > total.item()
+
+
+def test_scan_entropy_term_penalises_a_single_cluster():
+    c, w = 4, 5.0
+    collapsed = _one_hot_logits([2] * 16, c)
+    total, consistency, entropy = scan_loss(collapsed, collapsed, w)
+    assert consistency.item() == pytest.approx(0.0, abs=1e-6) and entropy.item() == pytest.approx(0.0, abs=1e-6)
+    spread = _one_hot_logits([0, 1, 2, 3] * 4, c)
+    assert total.item() - scan_loss(spread, spread, w)[0].item() == pytest.approx(w * math.log(c), rel=1e-5)
+
+
+def test_scan_loss_of_uniform_predictions_has_known_parts():
+    # p = 1/C everywhere: <p, p> = 1/C so consistency = log C; the mean is uniform so entropy = log C.
+    c, w = 10, 5.0
+    total, consistency, entropy = scan_loss(torch.zeros(8, c), torch.zeros(8, c), w)
+    assert consistency.item() == pytest.approx(math.log(c), rel=1e-6)
+    assert entropy.item() == pytest.approx(math.log(c), rel=1e-6)
+    assert total.item() == pytest.approx((1 - w) * math.log(c), rel=1e-6)
+
+
+def test_scan_loss_punishes_confident_but_inconsistent_neighbors():
+    anchors = _one_hot_logits([0, 1, 2, 3], 4, scale=10.0)
+    agreeing = scan_loss(anchors, anchors.clone(), 0.0)[1]
+    disagreeing = scan_loss(anchors, _one_hot_logits([1, 2, 3, 0], 4, scale=10.0), 0.0)[1]
+    assert disagreeing.item() > agreeing.item() + 5  # log(1 / ~2e-4)
+
+
+# ---------------------------------------------------------------- self-labeling loss
+
+
+def test_pseudo_labels_mask_unconfident_samples_and_balance_classes():
+    logits = torch.tensor([
+        [9.0, 0.0, 0.0],  # confident, class 0
+        [9.0, 0.0, 0.0],  # confident, class 0
+        [9.0, 0.0, 0.0],  # confident, class 0
+        [0.0, 9.0, 0.0],  # confident, class 1
+        [1.0, 1.0, 0.9],  # not confident
+    ])
+    mask, targets, weights = pseudo_label_targets(logits, threshold=0.99)
+    assert mask.tolist() == [True, True, True, True, False]
+    assert targets[:4].tolist() == [0, 0, 0, 1]
+    # frequencies among masked: class 0 3/4, class 1 1/4, class 2 none -> weights 4/3, 4, 0
+    assert weights.tolist() == pytest.approx([4 / 3, 4.0, 0.0])
+    assert pseudo_label_targets(logits, 0.99, class_balance=False)[2] is None
+
+
+def test_selflabel_loss_is_weighted_cross_entropy_on_masked_strong_views():
+    weak = torch.tensor([[9.0, 0.0], [9.0, 0.0], [0.0, 9.0], [0.2, 0.0]])
+    strong = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0], [5.0, -5.0]])
+    loss, fraction = selflabel_loss(weak, strong, threshold=0.99)
+    ce = F.cross_entropy(strong[:3], torch.tensor([0, 0, 1]), reduction="none")
+    w = torch.tensor([1.5, 1.5, 3.0])  # class 0 is 2/3 of the masked samples, class 1 is 1/3
+    assert loss.item() == pytest.approx(((ce * w).sum() / w.sum()).item(), rel=1e-6)
+    assert fraction.item() == pytest.approx(0.75)
+
+
+def test_selflabel_loss_without_confident_samples_is_zero_and_differentiable():
+    strong = torch.randn(4, 3, requires_grad=True)
+    loss, fraction = selflabel_loss(torch.zeros(4, 3), strong, threshold=0.99)
+    assert loss.item() == 0.0 and fraction.item() == 0.0
+    loss.backward()
+    assert strong.grad is not None and strong.grad.abs().sum() == 0
