@@ -26,3 +26,12 @@ def _few_threads():
     """Tests share 2 cores; keep torch from oversubscribing when pytest runs in parallel."""
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dataset_cache():
+    """load_dataset memoises per process; tests that write files must not see an earlier load."""
+    from trainer.data import load_dataset
+
+    load_dataset.cache_clear()
+    yield

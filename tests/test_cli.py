@@ -146,7 +146,8 @@ def test_a_folder_of_unlabeled_images_trains_with_no_labels_anywhere(tmp_path):
         REPO / "configs/folder.yaml", "--output", tmp_path / "run",
         "--set", f"data.root={root}", "--set", "data.image_size=32", "--set", "model.backbone=convnet",
         "--set", "model.width=8", "--set", "pretext.epochs=2", "--set", "pretext.batch_size=64",
-        "--set", "neighbors.k=5",
+        "--set", "neighbors.k=5", "--set", "scan.num_clusters=2", "--set", "scan.epochs=5",
+        "--set", "scan.batch_size=64", "--set", "selflabel.epochs=2", "--set", "selflabel.batch_size=64",
     )
     assert result.returncode == 0, result.stderr
     assert "1 " in result.stderr and "skipped" in result.stderr  # the broken file is counted, not fatal
@@ -154,3 +155,10 @@ def test_a_folder_of_unlabeled_images_trains_with_no_labels_anywhere(tmp_path):
     assert report["pretext"]["train_images"] == 120
     assert not any(k.startswith("purity") for k in report["neighbors"]) and "kmeans_test" not in report["neighbors"]
     assert np.load(tmp_path / "run/neighbors/neighbors_train.npy").shape == (120, 5)
+    for stage in ("scan", "selflabel"):
+        assert "test" not in report[stage] and "confusion_test" not in report[stage]["pictures"]
+        assert sum(report[stage]["health"]["sizes"]) == 120
+    prototypes = json.loads((tmp_path / "run/selflabel/prototypes.json").read_text())["clusters"]
+    sources = [s for c in prototypes for s in c["sources"]]
+    assert sources and all(s.startswith("batch") for s in sources)  # file paths relative to the folder
+    assert report["final"]["stage"] == "selflabel"

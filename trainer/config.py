@@ -181,6 +181,7 @@ class SelfLabelConfig:
     class_balance: bool = True
     ema: Optional[float] = None  # e.g. 0.999: train an exponential moving average of the weights
     update: str = "full"  # full | head
+    augment: str = "strong"  # views the pseudo-labels are learned on: strong (the paper) | weak
     # The collapse guard: an epoch that fails any of these ends the stage and the best
     # earlier state (the SCAN model if none) is kept.
     guard_min_agreement: float = 0.6  # argmax agreement with the starting model, on the training images
@@ -198,6 +199,8 @@ class SelfLabelConfig:
             raise ConfigError(f"selflabel.ema: must be within (0, 1), got {self.ema}")
         if self.update not in ("full", "head"):
             raise ConfigError(f"selflabel.update: must be 'full' or 'head', got {self.update!r}")
+        if self.augment not in ("strong", "weak"):
+            raise ConfigError(f"selflabel.augment: must be 'strong' or 'weak', got {self.augment!r}")
         for key in ("guard_min_agreement", "guard_entropy_drop", "guard_min_cluster_share"):
             value = getattr(self, key)
             if not 0 <= value <= 1:

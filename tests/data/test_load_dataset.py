@@ -175,6 +175,7 @@ def test_imagenet_test_split_is_val_and_is_none_without_val(tmp_path):
     assert load_dataset(cfg, "test") is None
     make_folder(tmp_path / "val" / "n1", 1)
     make_folder(tmp_path / "val" / "n2", 1)
+    load_dataset.cache_clear()  # files changed on disk
     assert load_dataset(cfg, "test").labels.tolist() == [0, 1]
 
 
@@ -207,3 +208,18 @@ def test_dataset_stats_configured_values_win_and_must_fit_the_channels():
     assert dataset_stats(DataConfig(name="cifar10", mean=(0.5,), std=(0.25,)), 3) == ((0.5,) * 3, (0.25,) * 3)
     with pytest.raises(ConfigError, match="data.mean: 3 values for 1-channel images"):
         dataset_stats(cfg, 1)
+
+
+def test_a_folder_is_decoded_once_per_process_and_reloaded_after_cache_clear(tmp_path):
+    from PIL import Image
+
+    from trainer.config import DataConfig
+
+    for i in range(3):
+        Image.new("RGB", (20, 20), (i * 80, 0, 0)).save(tmp_path / f"{i}.png")
+    cfg = DataConfig(name="folder", root=str(tmp_path), image_size=16)
+    first = load_dataset(cfg, "train")
+    assert load_dataset(cfg, "train") is first  # the stages of one run share one decoded copy
+    Image.new("RGB", (20, 20)).save(tmp_path / "3.png")
+    load_dataset.cache_clear()
+    assert len(load_dataset(cfg, "train")) == 4

@@ -26,7 +26,7 @@ def test_head_selection_picks_the_lowest_scan_loss():
 
 
 def test_pair_batches_pair_each_anchor_with_one_of_its_neighbors():
-    n, k = 50, 3
+    n = 50
     source = torch.arange(n).float()[:, None]  # sample i "is" the value i
     neighbors = torch.tensor([[(i + d) % n for d in (1, 2, 3)] for i in range(n)])
     seen = []

@@ -7,6 +7,7 @@ the configured seeded subset. Normalisation statistics come from `dataset_stats`
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Optional
 
@@ -164,6 +165,7 @@ def _load_raw(cfg: DataConfig, split: str, size: Optional[int], channels: int) -
     raise DataError(f"unknown data set {cfg.name!r}")  # pragma: no cover - DataConfig validates names
 
 
+@functools.lru_cache(maxsize=4)
 def load_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Optional[ImageSet]:
     """Load the `split` ('train' or 'test') of the configured data set, ready for training.
 
@@ -175,6 +177,10 @@ def load_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Optional[ImageSe
 
     The subset is taken before channel conversion and resizing; both act per image, so the
     result is the same as converting first, only cheaper.
+
+    Results are memoised per process (the stages of one run share one decoded copy of a
+    folder instead of decoding it four times); treat the returned set as read-only, and
+    call `load_dataset.cache_clear()` after changing files on disk.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")

@@ -2,7 +2,8 @@
 
 The SCAN model's chosen head predicts on weakly augmented images; predictions above the
 confidence threshold become pseudo-labels, and the network learns them with class-balanced
-cross entropy on strongly augmented views. After every epoch the model's label-free health
+cross entropy on strongly augmented views (`selflabel.augment: strong`, the paper's choice)
+or on other weak views (`weak`). After every epoch the model's label-free health
 on the training images (no augmentation) is compared with the SCAN model's by the
 `CollapseGuard`. An epoch that fails ends the stage; the best healthy epoch (highest
 confident fraction) is kept, or the SCAN model itself when no epoch improved on it, and the
@@ -15,18 +16,17 @@ import copy
 import time
 from typing import Any, Iterable, Optional
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from trainer.augment import build_augment
 from trainer.config import RunConfig, SelfLabelConfig
 from trainer.data import load_dataset
-from trainer.data.base import ImageSet, iterate_batches
+from trainer.data.base import iterate_batches
 from trainer.device import autocast
 from trainer.embed import predict_images
 from trainer.errors import TrainerError
-from trainer.health import CollapseGuard, Health
+from trainer.health import CollapseGuard
 from trainer.losses import selflabel_loss
 from trainer.models.scan_model import ScanModel
 from trainer.rundir import RunDir, atomic_torch_save, load_checkpoint
@@ -57,14 +57,14 @@ def train_selflabel_epoch(
     model: ScanModel,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     weak: torch.nn.Module,
-    strong: torch.nn.Module,
+    learn: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     cfg: SelfLabelConfig,
     ema: Optional[EMA] = None,
     progress: Optional[tqdm] = None,
 ) -> dict[str, float]:
-    """One pass: pseudo-labels from weak views (no gradient), cross entropy on strong views."""
+    """One pass: pseudo-labels from `weak` views (no gradient), cross entropy on `learn` views (strong or weak)."""
     model.train()
     if cfg.update == "head":
         model.backbone.eval()
@@ -72,7 +72,7 @@ def train_selflabel_epoch(
     for _, images in batches:
         images = images.to(device, non_blocking=True)
         with torch.no_grad():
-            weak_views, strong_views = weak(images), strong(images)
+            weak_views, learn_views = weak(images), learn(images)
             model.eval()
             with autocast(device):
                 weak_logits = model.cluster_logits(weak_views)[0]
@@ -80,8 +80,8 @@ def train_selflabel_epoch(
             if cfg.update == "head":
                 model.backbone.eval()
         with autocast(device):
-            strong_logits = model.cluster_logits(strong_views)[0]
-        loss, fraction = selflabel_loss(weak_logits, strong_logits, cfg.threshold, cfg.class_balance)
+            learn_logits = model.cluster_logits(learn_views)[0]
+        loss, fraction = selflabel_loss(weak_logits, learn_logits, cfg.threshold, cfg.class_balance)
         if not torch.isfinite(loss):
             raise TrainerError(f"selflabel: the loss became {loss.item()}; lower selflabel.lr and restart")
         optimizer.zero_grad(set_to_none=True)
@@ -135,7 +135,7 @@ def run_selflabel(config: RunConfig, run: RunDir, device: torch.device, progress
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                  weight_decay=cfg.weight_decay)
     weak = build_augment("weak", train.image_size, train.channels, config.augment).to(device)
-    strong = build_augment("strong", train.image_size, train.channels, config.augment).to(device)
+    learn = build_augment(cfg.augment, train.image_size, train.channels, config.augment).to(device)
     start_epoch, elapsed, state = resume(checkpoint_path, model, optimizer, fingerprint, STAGE)
     ema = EMA(model, cfg.ema) if cfg.ema else None
     if ema is not None and "ema" in state:
@@ -151,7 +151,7 @@ def run_selflabel(config: RunConfig, run: RunDir, device: torch.device, progress
                                   num_workers=workers)
         with tqdm(total=len(train), desc=f"selflabel {epoch + 1}/{cfg.epochs}", unit="img", disable=not progress,
                   leave=False) as bar:
-            metrics = train_selflabel_epoch(model, batches, weak, strong, optimizer, device, cfg, ema, bar)
+            metrics = train_selflabel_epoch(model, batches, weak, learn, optimizer, device, cfg, ema, bar)
         epoch += 1
         evaluated = ema.model if ema is not None else model
         probs, _ = predict_images(evaluated, train, device, eval_batch, workers)
