@@ -8,4 +8,4 @@ scripts/install.sh
 run=runs/fashion_mnist_cpu
 .venv/bin/scan-train configs/fashion_mnist_cpu.yaml --output "$run" "$@"
 echo
-echo "Run directory: $run (report.json, metrics.jsonl, neighbors/neighbors_train.npy)"
+echo "Everything is in $run: report.json, metrics.jsonl, and per stage the model and its pictures."

@@ -162,3 +162,5 @@ def test_a_folder_of_unlabeled_images_trains_with_no_labels_anywhere(tmp_path):
     sources = [s for c in prototypes for s in c["sources"]]
     assert sources and all(s.startswith("batch") for s in sources)  # file paths relative to the folder
     assert report["final"]["stage"] == "selflabel"
+    assert f"picture (prototypes): {tmp_path / 'run'}/selflabel/prototypes.png" in result.stdout
+    assert (tmp_path / "run" / report["final"]["pictures"]["prototypes"]).exists()

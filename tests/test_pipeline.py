@@ -43,6 +43,6 @@ def test_an_interrupted_pipeline_resumes_in_the_scan_stage_and_finishes(tmp_path
     assert final["stage"] == "selflabel" and (tmp_path / final["model"]).exists()
     assert set(final["pictures"]) == {"prototypes", "cluster_sizes", "confusion_test"}
     for picture in final["pictures"].values():
-        assert open(picture, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["scan"]["chosen_head"] in (0, 1) and len(report["scan"]["head_losses"]) == 2
     assert 0 <= report["final"]["test"]["acc"] <= 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -36,8 +35,27 @@ def main(config: str, output: str, stage: str | None, device: str, overrides: tu
     except KeyboardInterrupt:
         click.echo(f"scan-train: interrupted; run the same command again to resume from {output}", err=True)
         sys.exit(130)
-    click.echo(f"report: {output}/report.json")
-    click.echo(json.dumps({k: v for k, v in report.items() if k != "environment"}, indent=2))
+    click.echo(final_summary(report, output))
+
+
+def final_summary(report: dict, output: str) -> str:
+    """A few lines for people: which model to take, how good it is, where to look."""
+    lines = [f"report: {output}/report.json"]
+    final = report.get("final")
+    if final is None:
+        return "\n".join(lines)
+    lines.append(f"final model: {output}/{final['model']} ({final['kept']})")
+    health = final.get("health")
+    if health:
+        lines.append(
+            f"clusters: {health['populated']}/{health['clusters']} populated, sizes {health['sizes']}, "
+            f"{health['confident_fraction']:.0%} of training images confident"
+        )
+    if "test" in final:
+        lines.append("test split: ACC {acc:.3f}  NMI {nmi:.3f}  ARI {ari:.3f}".format(**final["test"]))
+    for name, path in final.get("pictures", {}).items():
+        lines.append(f"picture ({name}): {output}/{path}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -68,7 +68,9 @@ def summarize_clustering(
             list(health.sizes), out_dir / "cluster_sizes.png", title=f"{title}: images per cluster"
         ),
     }
-    entry: dict[str, Any] = {"health": health.to_dict(), "prototypes": str(out_dir / "prototypes.json")}
+    run_dir = out_dir.parent  # paths in the report are relative to the run directory
+    entry: dict[str, Any] = {"health": health.to_dict(),
+                             "prototypes": str((out_dir / "prototypes.json").relative_to(run_dir))}
     metrics = test_metrics(test_probs, test) if test_probs is not None else None
     if metrics is not None:
         entry["test"] = metrics
@@ -80,7 +82,7 @@ def summarize_clustering(
             counts, out_dir / "confusion_test.png", class_names=test.class_names,
             title=f"{title}: test split (ACC {metrics['acc']:.3f})",
         )
-    entry["pictures"] = {k: str(v) for k, v in drawn.items()}
+    entry["pictures"] = {k: str(Path(v).relative_to(run_dir)) for k, v in drawn.items()}
     return entry
 
 
