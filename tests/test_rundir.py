@@ -7,13 +7,15 @@ import torch
 
 from trainer.config import config_from_dict
 from trainer.errors import CheckpointError
-from trainer.rundir import RunDir, atomic_save_npy, atomic_torch_save, load_checkpoint
+from trainer.atomic import atomic_save_npy, atomic_torch_save
+from trainer.rundir import RunDir, load_checkpoint
 
 
 def test_atomic_save_leaves_no_temporary_files_and_round_trips(tmp_path):
     atomic_torch_save(tmp_path / "c.pt", {"w": torch.arange(3), "epoch": 2, "config": {"a": [1, 2]}})
     atomic_save_npy(tmp_path / "n.npy", np.arange(4))
     assert sorted(os.listdir(tmp_path)) == ["c.pt", "n.npy"]
+    assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o644  # readable by the other processes that load it
     state = load_checkpoint(tmp_path / "c.pt")
     assert state["epoch"] == 2 and state["w"].tolist() == [0, 1, 2]
 

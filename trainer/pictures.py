@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -27,6 +26,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from trainer.atomic import atomic_write_bytes
 
 __all__ = [
     "MAX_PNG_BYTES",
@@ -54,24 +55,6 @@ _ANNOTATE_MAX = 20
 # --------------------------------------------------------------------------- saving
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; pictures are for people to open
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _render(fig: Figure, dpi: float) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.15, facecolor="white")
@@ -86,7 +69,7 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save(fig: Figure, path: str | os.PathLike, dpi: float = 100.0) -> Path:
     path = Path(path)
-    _write_atomic(path, _render(fig, dpi))
+    atomic_write_bytes(path, _render(fig, dpi))
     return path
 
 
@@ -227,7 +210,7 @@ def prototype_grid(
         dpi = max(_MIN_DPI, dpi * math.sqrt(max_bytes / len(data)) * 0.9)
         data = _render(fig, dpi)
     path = Path(path)
-    _write_atomic(path, data)
+    atomic_write_bytes(path, data)
     return path
 
 

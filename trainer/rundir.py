@@ -13,56 +13,19 @@ name, flushed to disk, then renamed into place.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-
-from trainer.config import RunConfig, config_from_dict, dump_config
-from trainer.errors import CheckpointError, ConfigError
-
 import yaml
 
-
-def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda h: h.write(text.encode()))
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda h: np.save(h, array))
-
-
-def atomic_torch_save(path: Path, payload: dict[str, Any]) -> None:
-    _atomic_write(path, lambda h: torch.save(payload, h))
+from trainer.atomic import atomic_write_text
+from trainer.config import RunConfig, config_from_dict, dump_config
+from trainer.errors import CheckpointError, ConfigError
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

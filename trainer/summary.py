@@ -14,7 +14,7 @@ from trainer.data.base import ImageSet
 from trainer.evaluate import cluster_metrics, confusion_matrix
 from trainer.health import Health, measure_health
 from trainer.prototypes import find_prototypes
-from trainer.rundir import atomic_save_npy, atomic_write_text
+from trainer.atomic import atomic_save_npy, atomic_write_text
 
 
 def test_metrics(probs: np.ndarray, test: Optional[ImageSet]) -> Optional[dict[str, float]]:

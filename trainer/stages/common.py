@@ -10,7 +10,8 @@ import torch
 from trainer.config import RunConfig
 from trainer.errors import CheckpointError
 from trainer.models.scan_model import ScanModel
-from trainer.rundir import atomic_torch_save, load_checkpoint
+from trainer.atomic import atomic_torch_save
+from trainer.rundir import load_checkpoint
 
 
 def seed_epoch(seed: int, epoch: int) -> torch.Generator:

@@ -18,7 +18,8 @@ from trainer.data import load_dataset
 from trainer.embed import embed_images
 from trainer.evaluate import cluster_metrics, neighbor_purity
 from trainer.neighbors import assign, kmeans, mine_neighbors, resolve_faiss_gpu
-from trainer.rundir import RunDir, atomic_save_npy
+from trainer.atomic import atomic_save_npy
+from trainer.rundir import RunDir
 from trainer.stages.common import load_stage_model
 from trainer.stages.pretext import STAGE as PRETEXT
 

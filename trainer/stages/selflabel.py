@@ -29,7 +29,8 @@ from trainer.errors import TrainerError
 from trainer.health import CollapseGuard
 from trainer.losses import selflabel_loss
 from trainer.models.scan_model import ScanModel
-from trainer.rundir import RunDir, atomic_torch_save, load_checkpoint
+from trainer.atomic import atomic_torch_save
+from trainer.rundir import RunDir, load_checkpoint
 from trainer.stages.common import checkpoint_payload, load_stage_model, resume, save_epoch, seed_epoch
 from trainer.stages.scan import STAGE as SCAN
 from trainer.summary import health_of, summarize_clustering
