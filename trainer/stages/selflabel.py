@@ -143,7 +143,6 @@ def run_selflabel(config: RunConfig, run: RunDir, device: torch.device, progress
         ema.model.load_state_dict(state["ema"])
     best = state.get("best", {"epoch": 0, "confident_fraction": baseline.confident_fraction})
     stop_reason: Optional[str] = state.get("stop_reason")
-    history: list[dict[str, Any]] = list(state.get("history", []))
 
     epoch = start_epoch
     while stop_reason is None and epoch < cfg.epochs:
@@ -161,8 +160,6 @@ def run_selflabel(config: RunConfig, run: RunDir, device: torch.device, progress
         elapsed += metrics["seconds"]
         metrics.update({"health": health.to_dict(), "guard": problems})
         run.log_metrics(STAGE, epoch, metrics)
-        history.append({"epoch": epoch, "confident_fraction": health.confident_fraction,
-                        "size_entropy": health.size_entropy, "agreement": health.agreement, "problems": problems})
         print(f"selflabel epoch {epoch}/{cfg.epochs}: loss {metrics['loss']:.4f}, pseudo-labelled "
               f"{metrics['pseudo_labelled']:.2f}, confident {health.confident_fraction:.3f}, populated clusters "
               f"{health.populated}/{health.clusters}, size entropy {health.size_entropy:.3f}"
@@ -172,7 +169,7 @@ def run_selflabel(config: RunConfig, run: RunDir, device: torch.device, progress
         elif health.confident_fraction > best["confident_fraction"]:
             best = {"epoch": epoch, "confident_fraction": health.confident_fraction}
             atomic_torch_save(best_path, checkpoint_payload(evaluated, config, fingerprint, epoch=epoch))
-        extra = {"best": best, "stop_reason": stop_reason, "history": history}
+        extra = {"best": best, "stop_reason": stop_reason}
         if ema is not None:
             extra["ema"] = ema.model.state_dict()
         save_epoch(checkpoint_path, model, config, fingerprint, optimizer, epoch, elapsed, **extra)
