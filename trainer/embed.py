@@ -10,7 +10,7 @@ from trainer.data.base import ImageSet, iterate_batches
 from trainer.device import autocast
 from trainer.models.scan_model import ScanModel
 
-FEATURE_KINDS = ("projection", "backbone")
+FEATURE_KINDS = ("projection", "backbone", "raw")
 
 
 @torch.no_grad()
@@ -23,22 +23,24 @@ def embed_images(
     num_workers: int = 0,
     progress: bool = False,
 ) -> np.ndarray:
-    """`(N, D)` float32 L2-normalized features of every image, in data set order.
+    """`(N, D)` float32 features of every image, in data set order.
 
-    kind: "backbone" (`model.embed`, what the exported model returns) or "projection"
-    (`model.project`, the SimCLR head output the pretext loss was computed on).
+    kind: "backbone" (`model.embed`, what the exported model returns), "projection"
+    (`model.project`, the SimCLR head output the pretext loss was computed on), both
+    L2-normalized; or "raw" (`model.features`, what the cluster heads take).
     """
     if kind not in FEATURE_KINDS:
         raise ValueError(f"unknown feature kind {kind!r}; choose one of {FEATURE_KINDS}")
     model.eval()
-    fn = model.embed if kind == "backbone" else model.project
+    fn = {"backbone": model.embed, "projection": model.project, "raw": model.features}[kind]
     out: list[np.ndarray] = []
     with tqdm(total=len(images), desc=f"embed {images.name}", unit="img", disable=not progress, leave=False) as bar:
         for _, batch in iterate_batches(images, batch_size, num_workers=num_workers):
             x = batch.to(device, non_blocking=True).float().div_(255)
             with autocast(device):
                 z = fn(x)
-            out.append(torch.nn.functional.normalize(z.float(), dim=1).cpu().numpy())
+            z = z.float() if kind == "raw" else torch.nn.functional.normalize(z.float(), dim=1)  # exact unit norm in fp32
+            out.append(z.cpu().numpy())
             bar.update(len(batch))
     return np.concatenate(out).astype(np.float32, copy=False)
 

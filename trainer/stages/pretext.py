@@ -173,7 +173,8 @@ def run_pretext(config: RunConfig, run: RunDir, device: torch.device, progress: 
         save_epoch(checkpoint_path, model, config, fingerprint, optimizer, epoch + 1, elapsed)
 
     final = finish(checkpoint_path, model_path)
-    last = run.read_metrics(STAGE)[-1] if run.read_metrics(STAGE) else metrics
+    logged = run.read_metrics(STAGE)  # the last epoch may have run before a resume
+    last = logged[-1] if logged else metrics
     return {
         "status": "done",
         "epochs": cfg.epochs,

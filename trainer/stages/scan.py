@@ -19,13 +19,13 @@ from tqdm import tqdm
 from trainer.augment import build_augment
 from trainer.config import RunConfig
 from trainer.data import load_dataset
-from trainer.data.base import ImageSet, TensorImageSet, iterate_batches
+from trainer.data.base import ImageSet, TensorImageSet
 from trainer.device import autocast
-from trainer.embed import predict_images
+from trainer.embed import embed_images, predict_images
 from trainer.errors import CheckpointError, TrainerError
 from trainer.losses import scan_loss
 from trainer.models.scan_model import ScanModel
-from trainer.rundir import RunDir
+from trainer.rundir import RunDir, load_checkpoint
 from trainer.stages.common import finish, load_stage_model, resume, save_epoch, seed_epoch
 from trainer.stages.neighbors import STAGE as NEIGHBORS
 from trainer.stages.pretext import STAGE as PRETEXT
@@ -167,16 +167,6 @@ def select_head(losses: list[dict[str, float]]) -> int:
 # ---------------------------------------------------------------- the stage
 
 
-@torch.no_grad()
-def _backbone_features(model: ScanModel, images: ImageSet, device: torch.device, batch_size: int, workers: int) -> torch.Tensor:
-    model.eval()
-    chunks = []
-    for _, batch in iterate_batches(images, batch_size, num_workers=workers):
-        with autocast(device):
-            chunks.append(model.features(batch.to(device).float().div_(255)).float())
-    return torch.cat(chunks)
-
-
 def run_scan(config: RunConfig, run: RunDir, device: torch.device, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) the SCAN heads; select one; summarize. Writes scan/model.pt."""
     cfg = config.scan
@@ -214,7 +204,8 @@ def run_scan(config: RunConfig, run: RunDir, device: torch.device, progress: boo
     start_epoch, elapsed, _ = resume(checkpoint_path, model, optimizer, fingerprint, STAGE)
     source: torch.Tensor | ImageSet
     if cached:
-        source = _backbone_features(model, train, device, config.neighbors.batch_size, config.data.num_workers)
+        source = torch.from_numpy(embed_images(model, train, device, "raw", config.neighbors.batch_size,
+                                               config.data.num_workers)).to(device)
     else:
         source = train.images if isinstance(train, TensorImageSet) else train
 
@@ -234,8 +225,7 @@ def run_scan(config: RunConfig, run: RunDir, device: torch.device, progress: boo
 
     # select the head on the training images, label-free
     eval_started = time.perf_counter()
-    state = finish(checkpoint_path, model_path)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(load_checkpoint(checkpoint_path)["model"])
     probs, embeddings = predict_images(model, train, device, config.neighbors.batch_size, config.data.num_workers, progress)
     losses = head_losses(probs, neighbors_np, cfg.entropy_weight)
     chosen = select_head(losses)
