@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import time
@@ -34,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import command_line, machine  # noqa: E402
 from trainer.augment import build_augment  # noqa: E402
 from trainer.config import AugmentConfig, ModelConfig, config_from_dict  # noqa: E402
 from trainer.data import dataset_stats, load_dataset  # noqa: E402
@@ -182,8 +182,8 @@ def main() -> None:
         print(f"round {round_ + 1}: ours {ours[-1]:.0f} img/s, per-image workers {per_image[-1]:.0f} img/s")
 
     result = {
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "machine": _machine(device),
+        "command": command_line(),
+        "machine": machine(device),
         "dataset": args.dataset,
         "image_shape": list(images.shape[1:]),
         "backbone": args.backbone,
@@ -209,21 +209,6 @@ def main() -> None:
 def _forever(loader):
     while True:
         yield from loader
-
-
-def _machine(device: torch.device) -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
-    info = {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 if __name__ == "__main__":

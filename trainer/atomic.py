@@ -7,6 +7,7 @@ any moment leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tempfile
@@ -58,3 +59,12 @@ def atomic_torch_save(path: str | Path, payload: dict[str, Any]) -> Path:
     import torch  # noqa: PLC0415 - keep this module light for callers that only write bytes
 
     return atomic_write(path, lambda h: torch.save(payload, h))
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from trainer.atomic import file_digest
 from trainer.data.base import TensorImageSet
 from trainer.errors import DataError
 
@@ -153,11 +154,7 @@ def download_file(url: str, dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S, md5
 
 
 def _file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fp:
-        for block in iter(lambda: fp.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def _safe_extract(archive: Path, dest: Path) -> None:
