@@ -41,6 +41,7 @@ __all__ = [
     "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
     "ImageDecodeError",
+    "ImageTooLargeError",
     "convert_channels",
     "decode_image",
     "load_image_file",
@@ -65,6 +66,10 @@ _OPEN_LOCK = threading.Lock()
 
 class ImageDecodeError(DataError):
     """Bytes or a file that cannot be turned into an image; the message says why (and names the file)."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image over the pixel limit (including PIL's decompression-bomb check); nothing was decoded."""
 
 
 def _check_size_channels(size: int, channels: int) -> int:
@@ -166,14 +171,14 @@ def to_uint8_chw(image: Image.Image, size: int, channels: int) -> torch.Tensor:
     return tensor.permute(2, 0, 1).contiguous()
 
 
-def _open_checked(fp: BinaryIO, max_pixels: int) -> Image.Image:
+def _open_checked(fp: BinaryIO, max_pixels: int, min_side: int = 1) -> Image.Image:
     """`Image.open` (header only) with format, size and decompression-bomb checks."""
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(fp, formats=list(ALLOWED_FORMATS))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"image too large (decompression bomb check): {exc}") from exc
+        raise ImageTooLargeError(f"image too large (decompression bomb check): {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(
             f"not a recognised image (expected one of {'/'.join(ALLOWED_FORMATS)} with an intact header)"
@@ -183,8 +188,10 @@ def _open_checked(fp: BinaryIO, max_pixels: int) -> Image.Image:
     width, height = image.size
     if width < 1 or height < 1:
         raise ImageDecodeError(f"image has no pixels ({width}x{height})")
+    if min(width, height) < min_side:
+        raise ImageDecodeError(f"image is {width}x{height} pixels, smaller than the minimum side of {min_side}")
     if width * height > max_pixels:
-        raise ImageDecodeError(
+        raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height} pixels, more than the limit of {max_pixels} pixels"
         )
     return image
@@ -195,11 +202,13 @@ def decode_image(
     size: int,
     channels: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = 1,
 ) -> torch.Tensor:
     """Decode PNG/JPEG/WebP/BMP/GIF bytes (GIF and animated WebP: first frame).
 
-    The pixel count from the header is checked against `max_pixels` before any pixel data is
-    decoded. Raises `ImageDecodeError` for empty, undecodable, truncated or oversized input.
+    The pixel count from the header is checked against `max_pixels` (`ImageTooLargeError`) and the
+    shorter side against `min_side` before any pixel data is decoded. Raises `ImageDecodeError` for
+    empty, undecodable, truncated, too small or oversized input.
 
     Returns:
         `(channels, size, size)` uint8 tensor, see `to_uint8_chw`.
@@ -207,7 +216,7 @@ def decode_image(
     size = _check_size_channels(size, channels)
     if data is None or len(data) == 0:
         raise ImageDecodeError("empty image data (0 bytes)")
-    image = _open_checked(io.BytesIO(bytes(data)), max_pixels)
+    image = _open_checked(io.BytesIO(bytes(data)), max_pixels, min_side)
     try:
         image.load()
     except Exception as exc:

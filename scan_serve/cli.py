@@ -1,0 +1,82 @@
+"""`scan-serve --repository DIR --model-name NAME`: the command-line edge. Composes; holds no logic."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from scan_serve.errors import ServeError
+from scan_serve.inputs import InputLimits
+from scan_serve.server import ServeSettings, serve
+
+
+def _read(path: Optional[str], what: str) -> Optional[bytes]:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise click.UsageError(f"{what} {path}: {exc.strerror}") from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SCAN_SERVE"})
+@click.option("--repository", required=True, type=click.Path(file_okay=False), help="Model repository written by scan-export.")
+@click.option("--model-name", required=True, help="Model folder in the repository.")
+@click.option("--version", type=click.IntRange(min=1), default=None, help="Version to serve (default: newest intact).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True, help="gRPC port (0: any free).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=9464, show_default=True,
+              help="Prometheus /metrics port (0: any free).")
+@click.option("--no-metrics", is_flag=True, help="Do not serve /metrics.")
+@click.option("--triton-url", default=None, help="HOST:PORT of a Triton gRPC endpoint serving the same repository.")
+@click.option("--device", default="cpu", show_default=True, help="Embedded backend: cpu | cuda[:N].")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Embedded backend: onnxruntime threads.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Embedded backend: images per batched inference.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the operator bearer token (operator methods are refused without one).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), default=None, help="PEM certificate chain (with --tls-key).")
+@click.option("--tls-key", type=click.Path(dir_okay=False), default=None, help="PEM private key (with --tls-cert).")
+@click.option("--max-images", type=click.IntRange(min=1), default=256, show_default=True, help="Images per request.")
+@click.option("--max-image-bytes", type=click.IntRange(min=1), default=8 << 20, show_default=True, help="Bytes per image.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=4096 * 4096, show_default=True,
+              help="Pixels per image, checked before decoding.")
+@click.option("--grace", type=float, default=10.0, show_default=True, help="Seconds in-flight requests get on SIGTERM.")
+def main(repository: str, model_name: str, version: Optional[int], host: str, port: int, metrics_port: int,
+         no_metrics: bool, triton_url: Optional[str], device: str, threads: Optional[int], max_batch: int,
+         token_file: Optional[str], tls_cert: Optional[str], tls_key: Optional[str], max_images: int,
+         max_image_bytes: int, max_pixels: int, grace: float) -> None:
+    """Serve a model version of a repository over gRPC (ClassifyUnlabeled, model info, prototypes)."""
+    logging.basicConfig(level=logging.INFO, format="scan-serve: %(message)s")
+    try:
+        if (tls_cert is None) != (tls_key is None):
+            raise click.UsageError("--tls-cert and --tls-key go together")
+        token = None
+        if token_file is not None:
+            token = (_read(token_file, "--token-file") or b"").decode().strip()
+            if not token:
+                raise click.UsageError(f"--token-file {token_file} is empty")
+            if os.stat(token_file).st_mode & 0o077:
+                click.echo(f"scan-serve: warning: {token_file} is readable by other users (chmod 600 it)", err=True)
+        settings = ServeSettings(
+            repository=Path(repository), model_name=model_name, version=version, host=host, port=port,
+            metrics_port=None if no_metrics else metrics_port, triton_url=triton_url, device=device, threads=threads,
+            max_batch=max_batch, token=token, tls_cert=_read(tls_cert, "--tls-cert"), tls_key=_read(tls_key, "--tls-key"),
+            limits=InputLimits(max_images=max_images, max_image_bytes=max_image_bytes, max_pixels=max_pixels),
+        )
+        serve(settings, grace, log_line=lambda line: click.echo(f"scan-serve: {line}", err=True))
+    except click.UsageError as exc:
+        click.echo(f"scan-serve: error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except ServeError as exc:
+        click.echo(f"scan-serve: error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

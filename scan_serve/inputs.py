@@ -1,0 +1,99 @@
+"""Request images -> the model's uint8 input batch, with the gateway's input rules.
+
+Encoded bytes go through `trainer.data.preprocess.decode_image` and raw pixels through
+`trainer.data.preprocess.to_uint8_chw`: the same functions that turned training images into
+tensors, so the served model sees exactly what it was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from scan_serve.errors import InvalidInput, OverLimit
+from trainer.data.preprocess import ImageDecodeError, ImageTooLargeError, decode_image, to_uint8_chw
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What one request may contain. Violations name the image and the rule."""
+
+    max_images: int = 256  # images per request
+    max_image_bytes: int = 8 << 20  # encoded bytes or raw data per image
+    max_pixels: int = 4096 * 4096  # width x height per image, checked before decoding
+    min_side: int = 8  # shorter side per image
+    max_top_k: int = 64  # nearest prototypes per image
+    max_id_bytes: int = 256  # caller id per image
+    max_message_bytes: int = 64 << 20  # whole request, enforced by gRPC itself
+
+    def __post_init__(self) -> None:
+        for name in ("max_images", "max_image_bytes", "max_pixels", "min_side", "max_message_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+def _name(index: int, image_id: str) -> str:
+    return f"image {index} (id {image_id!r})" if image_id else f"image {index}"
+
+
+def check_request(num_images: int, top_k: int, limits: InputLimits) -> None:
+    if num_images == 0:
+        raise InvalidInput("the request has no images")
+    if num_images > limits.max_images:
+        raise OverLimit(f"the request has {num_images} images, more than the limit of {limits.max_images} per request")
+    if top_k > limits.max_top_k:
+        raise InvalidInput(f"top_k_prototypes is {top_k}, more than the limit of {limits.max_top_k}")
+
+
+def prepare_image(image: Any, index: int, channels: int, size: int, limits: InputLimits) -> np.ndarray:
+    """One `scan.v1.Image` -> `(channels, size, size)` uint8."""
+    image_id = image.id
+    if len(image_id.encode()) > limits.max_id_bytes:
+        raise InvalidInput(f"image {index}: the id is longer than {limits.max_id_bytes} bytes")
+    where = _name(index, image_id)
+    kind = image.WhichOneof("content")
+    if kind is None:
+        raise InvalidInput(f"{where}: has neither encoded bytes nor raw pixels")
+    if kind == "encoded":
+        data = image.encoded
+        if len(data) > limits.max_image_bytes:
+            raise OverLimit(f"{where}: {len(data)} bytes, more than the limit of {limits.max_image_bytes} bytes per image")
+        try:
+            return decode_image(data, size, channels, limits.max_pixels, limits.min_side).numpy()
+        except ImageTooLargeError as exc:
+            raise OverLimit(f"{where}: {exc}") from None
+        except ImageDecodeError as exc:
+            raise InvalidInput(f"{where}: {exc}") from None
+    return _prepare_raw(image.raw, where, channels, size, limits)
+
+
+def _prepare_raw(raw: Any, where: str, channels: int, size: int, limits: InputLimits) -> np.ndarray:
+    c, h, w = int(raw.channels), int(raw.height), int(raw.width)
+    if c not in (1, 3):
+        raise InvalidInput(f"{where}: raw channels must be 1 or 3, got {c}")
+    if min(h, w) < limits.min_side:
+        raise InvalidInput(f"{where}: raw image is {w}x{h} pixels, smaller than the minimum side of {limits.min_side}")
+    if h * w > limits.max_pixels:
+        raise OverLimit(f"{where}: raw image is {w}x{h} = {w * h} pixels, more than the limit of {limits.max_pixels}")
+    if len(raw.data) > limits.max_image_bytes:
+        raise OverLimit(f"{where}: {len(raw.data)} bytes, more than the limit of {limits.max_image_bytes} bytes per image")
+    if len(raw.data) != c * h * w:
+        raise InvalidInput(f"{where}: raw data has {len(raw.data)} bytes, but channels x height x width = "
+                           f"{c}x{h}x{w} = {c * h * w}")
+    pixels = np.frombuffer(raw.data, dtype=np.uint8).reshape(c, h, w)
+    if c == channels and h == size and w == size:
+        return pixels  # what to_uint8_chw returns for an image already in the model's mode and size
+    picture = Image.fromarray(pixels[0] if c == 1 else np.ascontiguousarray(pixels.transpose(1, 2, 0)),
+                              mode="L" if c == 1 else "RGB")
+    return to_uint8_chw(picture, size, channels).numpy()
+
+
+def prepare_images(images: Sequence[Any], channels: int, size: int, limits: InputLimits) -> np.ndarray:
+    """All images of a request -> `(N, channels, size, size)` uint8; the first bad image fails the request."""
+    batch = np.empty((len(images), channels, size, size), dtype=np.uint8)
+    for index, image in enumerate(images):
+        batch[index] = prepare_image(image, index, channels, size, limits)
+    return batch

@@ -1,0 +1,139 @@
+"""A served model version: the repository files, the prototype index and an inference backend."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from export.errors import ExportError
+from export.prototypes import PrototypeIndex
+from export.repository import ModelRepository, ModelVersion
+from scan_serve.backends import Backend
+from scan_serve.errors import StartupError
+from trainer.atomic import atomic_write_text
+
+NAMES_FILE = "cluster_names.json"
+
+
+@dataclass
+class Predictions:
+    clusters: np.ndarray  # (N,) int
+    confidence: np.ndarray  # (N,) float32, probability of the assigned cluster
+    probs: np.ndarray  # (N, K)
+    embedding: np.ndarray  # (N, D) unit norm
+    nearest_similarity: np.ndarray  # (N, k) float32
+    nearest_rows: np.ndarray  # (N, k) rows of the prototype index (-1: none)
+
+
+class ServedVersion:
+    """One published version, ready to answer: metadata, prototypes and a backend."""
+
+    def __init__(self, version: ModelVersion, backend: Backend) -> None:
+        self.version = version
+        self.backend = backend
+        meta = version.metadata
+        try:
+            self.prototypes = PrototypeIndex.load(version.path)
+            self.channels = int(meta["input"]["channels"])
+            self.size = int(meta["input"]["height"])
+            self.num_clusters = int(meta["num_clusters"])
+            self.embedding_dim = int(meta["embedding_dim"])
+            self.threshold = float(meta["confidence_threshold"])
+        except (OSError, KeyError, ValueError, ExportError) as exc:
+            raise StartupError(f"{version.path} is not a servable version ({type(exc).__name__}: {exc})") from exc
+        if int(meta["input"]["width"]) != self.size:
+            raise StartupError(f"{version.path}: only square inputs are served, metadata says "
+                               f"{meta['input']['width']}x{self.size}")
+
+    @property
+    def name(self) -> str:
+        return self.version.name
+
+    @property
+    def number(self) -> int:
+        return self.version.version
+
+    @property
+    def prototypes_per_cluster(self) -> int:
+        counts = np.bincount(self.prototypes.cluster, minlength=self.num_clusters)
+        return int(counts.max()) if len(counts) else 0
+
+    def predict(self, images: np.ndarray, top_k: int, observe_backend: Callable[[float], None]) -> Predictions:
+        """`images (N, C, H, W)` uint8 -> predictions with the `top_k` nearest prototypes."""
+        start = time.perf_counter()
+        probs, embedding = self.backend.infer(images)
+        observe_backend(time.perf_counter() - start)
+        clusters = probs.argmax(axis=1)
+        confidence = probs[np.arange(len(probs)), clusters]
+        if top_k > 0:
+            similarity, rows = self.prototypes.search(embedding, top_k)
+        else:
+            similarity, rows = np.zeros((len(probs), 0), np.float32), np.zeros((len(probs), 0), np.int64)
+        return Predictions(clusters, confidence, probs, embedding, similarity, rows)
+
+
+def load_version(repository: ModelRepository, model_name: str, version: Optional[int],
+                 make_backend: Callable[[ModelVersion], Backend], log: Callable[[str], None] = print) -> ServedVersion:
+    """The version to serve: `version`, or the newest one whose files are intact.
+
+    A pinned version that is missing or corrupt stops the start; without a pin, a corrupt newest
+    version is skipped (and said so) in favour of the newest intact one.
+    """
+    try:
+        available = repository.versions(model_name)
+    except ExportError as exc:
+        raise StartupError(str(exc)) from exc
+    if not available:
+        raise StartupError(f"no published version of model {model_name!r} in {repository.root} "
+                           "(run scan-export first, or check --repository and --model-name)")
+    candidates = [version] if version is not None else list(reversed(available))
+    problems = []
+    for number in candidates:
+        try:
+            published = repository.load(model_name, number, verify=True)
+            return ServedVersion(published, make_backend(published))
+        except (ExportError, StartupError) as exc:
+            if version is not None:
+                raise StartupError(str(exc)) from exc
+            problems.append(str(exc))
+            log(f"skipping {model_name} version {number}: {exc}")
+    raise StartupError(f"no intact version of {model_name!r} in {repository.root}: {'; '.join(problems)}")
+
+
+class ClusterNames:
+    """Operator-given cluster names, `<repository>/<model>/cluster_names.json`, shared by every version."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._names: dict[int, str] = {}
+        if self.path.exists():
+            try:
+                stored = json.loads(self.path.read_text())["names"]
+                self._names = {int(k): str(v) for k, v in stored.items() if v}
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise StartupError(f"{self.path} cannot be read ({exc}); fix or remove it") from exc
+
+    def get(self, cluster: int) -> str:
+        return self._names.get(cluster, "")
+
+    def all(self, num_clusters: int) -> list[str]:
+        return [self.get(k) for k in range(num_clusters)]
+
+    def update(self, names: dict[int, str]) -> None:
+        with self._lock:
+            merged = dict(self._names)
+            for cluster, name in names.items():
+                if name:
+                    merged[int(cluster)] = name
+                else:
+                    merged.pop(int(cluster), None)
+            atomic_write_text(self.path, json.dumps({"names": {str(k): v for k, v in sorted(merged.items())}},
+                                                    indent=1) + "\n")
+            self._names = merged

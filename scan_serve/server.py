@@ -1,0 +1,322 @@
+"""The gRPC gateway: `create_server(settings) -> (server, port, gateway)`, kept apart from `serve()`.
+
+Every RPC is a method of `ScanServicer`; errors leave it as a status code and a message
+(`context.abort`), never as a stack trace. Operator-only methods pass through `OperatorAuth`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from export.repository import ModelRepository, ModelVersion
+from scan_serve.backends import Backend, OnnxRuntimeBackend, TritonBackend
+from scan_serve.errors import InvalidInput, ServeError, StartupError
+from scan_serve.inputs import InputLimits, check_request, prepare_images
+from scan_serve.metrics import Metrics
+from scan_serve.model import NAMES_FILE, ClusterNames, ServedVersion, load_version
+from scan_serve.proto import scan_pb2, scan_pb2_grpc
+
+log = logging.getLogger("scan_serve")
+
+SERVICE_NAME = scan_pb2.DESCRIPTOR.services_by_name["ScanService"].full_name
+OPERATOR_METHODS = frozenset({f"/{SERVICE_NAME}/SetClusterNames"})
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    repository: Path
+    model_name: str
+    version: Optional[int] = None  # None: the newest intact version
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0: any free port
+    metrics_port: Optional[int] = 9464  # None: no metrics endpoint; 0: any free port
+    triton_url: Optional[str] = None  # None: embedded onnxruntime
+    device: str = "cpu"  # embedded backend: cpu | cuda[:N]
+    threads: Optional[int] = None  # embedded backend: onnxruntime intra-op threads
+    max_batch: int = 64  # embedded backend: images per batched inference
+    max_delay_us: int = 0  # embedded backend: wait this long for more requests to batch
+    token: Optional[str] = None  # operator bearer token; None: operator methods are refused
+    tls_cert: Optional[bytes] = None
+    tls_key: Optional[bytes] = None
+    limits: InputLimits = field(default_factory=InputLimits)
+    workers: int = 16
+    health_interval_s: float = 1.0
+
+
+class Gateway:
+    """What the servicer works with: the served version (swappable), names, metrics, health."""
+
+    def __init__(self, settings: ServeSettings, metrics: Metrics, health_servicer: Any,
+                 log_line: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.health = health_servicer
+        self.repository = ModelRepository(settings.repository)
+        self.names = ClusterNames(self.repository.model_dir(settings.model_name) / NAMES_FILE)
+        self.backend_name = "triton" if settings.triton_url else "onnxruntime"
+        self._current = load_version(self.repository, settings.model_name, settings.version, self.make_backend,
+                                     log_line)
+        self.metrics.serving(self.current.name, self.current.number, self.backend_name, self.current.num_clusters)
+        self._stop = threading.Event()
+        self._watcher: Optional[threading.Thread] = None
+        self._set_health(self.current.backend.healthy())
+        if settings.triton_url:
+            self._watcher = threading.Thread(target=self._watch_backend, name="backend-health", daemon=True)
+            self._watcher.start()
+
+    @property
+    def current(self) -> ServedVersion:
+        return self._current  # one read per request: a swap never changes a request midway
+
+    def make_backend(self, version: ModelVersion) -> Backend:
+        s = self.settings
+        if s.triton_url:
+            return TritonBackend(s.triton_url, version.name, version.version)
+        return OnnxRuntimeBackend(str(version.onnx_path), s.device, s.threads, s.max_batch, s.max_delay_us)
+
+    def _set_health(self, ok: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, status)
+        self.metrics.backend_up.labels(self.backend_name).set(1 if ok else 0)
+
+    def _watch_backend(self) -> None:
+        last = None
+        while not self._stop.wait(self.settings.health_interval_s):
+            ok = self.current.backend.healthy()
+            if ok != last:
+                self._set_health(ok)
+                log.warning("backend %s is %s", self.backend_name, "serving" if ok else "NOT serving")
+                last = ok
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        self.current.backend.close()
+
+
+def _observed(method: str) -> Callable:
+    """Count and time an RPC by method and status; turn ServeErrors into status codes."""
+
+    def wrap(handler: Callable) -> Callable:
+        def run(self: "ScanServicer", request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return handler(self, request, context)
+            except ServeError as exc:
+                code = exc.code
+                context.abort(code, str(exc))
+            except Exception:  # noqa: BLE001 - never a stack trace to the client
+                code = grpc.StatusCode.INTERNAL
+                log.exception("%s failed", method)
+                context.abort(code, f"{method}: internal error (see the gateway log)")
+            finally:
+                metrics = self.gateway.metrics
+                metrics.requests.labels(method, code.name).inc()
+                metrics.latency.labels(method, code.name).observe(time.perf_counter() - start)
+
+        run.__name__ = handler.__name__
+        return run
+
+    return wrap
+
+
+class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    @_observed("ClassifyUnlabeled")
+    def ClassifyUnlabeled(self, request: scan_pb2.ClassifyRequest, context: grpc.ServicerContext):
+        gateway = self.gateway
+        served = gateway.current
+        limits = gateway.settings.limits
+        top_k = int(request.top_k_prototypes)
+        try:
+            check_request(len(request.images), top_k, limits)
+            images = prepare_images(request.images, served.channels, served.size, limits)
+        except ServeError as exc:
+            gateway.metrics.rejected.labels(exc.code.name).inc()
+            raise
+        observe = gateway.metrics.backend_latency.labels(gateway.backend_name).observe
+        found = served.predict(images, top_k, observe)
+        gateway.metrics.observe_predictions(found.clusters, found.confidence, served.threshold,
+                                            found.nearest_similarity[:, 0] if top_k else None)
+        names = gateway.names
+        index = served.prototypes
+        results = []
+        for i, image in enumerate(request.images):
+            cluster = int(found.clusters[i])
+            confidence = float(found.confidence[i])
+            result = scan_pb2.Classification(id=image.id, cluster=cluster, confidence=confidence,
+                                             confident=confidence >= served.threshold,
+                                             cluster_name=names.get(cluster))
+            if request.include_probabilities:
+                result.probabilities.extend(found.probs[i].tolist())
+            for similarity, row in zip(found.nearest_similarity[i].tolist(), found.nearest_rows[i].tolist()):
+                if row < 0:
+                    continue
+                result.nearest_prototypes.add(cluster=int(index.cluster[row]), prototype_id=int(index.image_id[row]),
+                                              similarity=similarity, source=index.sources[row],
+                                              rank=int(index.rank[row]))
+            results.append(result)
+        return scan_pb2.ClassifyResponse(model_name=served.name, model_version=served.number, results=results)
+
+    @_observed("GetModelInfo")
+    def GetModelInfo(self, request: scan_pb2.GetModelInfoRequest, context: grpc.ServicerContext):
+        return self._info()
+
+    def _info(self) -> scan_pb2.ModelInfo:
+        served = self.gateway.current
+        return scan_pb2.ModelInfo(
+            model_name=served.name, model_version=served.number, num_clusters=served.num_clusters,
+            input_channels=served.channels, input_height=served.size, input_width=served.size,
+            confidence_threshold=served.threshold, cluster_names=self.gateway.names.all(served.num_clusters),
+            embedding_dim=served.embedding_dim, backend=self.gateway.backend_name,
+            prototypes_per_cluster=served.prototypes_per_cluster,
+        )
+
+    @_observed("GetPrototypes")
+    def GetPrototypes(self, request: scan_pb2.GetPrototypesRequest, context: grpc.ServicerContext):
+        served = self.gateway.current
+        cluster = int(request.cluster)
+        if cluster >= served.num_clusters:
+            raise InvalidInput(f"cluster {cluster} does not exist; the model has clusters 0..{served.num_clusters - 1}")
+        prototypes = [scan_pb2.Prototype(cluster=cluster, prototype_id=p["image_id"], similarity=p["similarity"],
+                                         source=p["source"], rank=p["rank"])
+                      for p in served.prototypes.of_cluster(cluster)]
+        return scan_pb2.GetPrototypesResponse(model_name=served.name, model_version=served.number, cluster=cluster,
+                                              cluster_name=self.gateway.names.get(cluster), prototypes=prototypes)
+
+    @_observed("SetClusterNames")
+    def SetClusterNames(self, request: scan_pb2.SetClusterNamesRequest, context: grpc.ServicerContext):
+        served = self.gateway.current
+        bad = sorted(k for k in request.names if k >= served.num_clusters)
+        if bad:
+            raise InvalidInput(f"clusters {bad} do not exist; the model has clusters 0..{served.num_clusters - 1}")
+        long_names = sorted(k for k, v in request.names.items() if len(v) > 200)
+        if long_names:
+            raise InvalidInput(f"names of clusters {long_names} are longer than 200 characters")
+        self.gateway.names.update(dict(request.names))
+        return self._info()
+
+
+class OperatorAuth(grpc.ServerInterceptor):
+    """Operator-only methods need `authorization: Bearer <token>`; compared in constant time."""
+
+    def __init__(self, token: Optional[str], metrics: Metrics) -> None:
+        self._expected = f"Bearer {token}".encode() if token else None
+        self._metrics = metrics
+
+    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
+        method = handler_call_details.method
+        if method not in OPERATOR_METHODS:
+            return continuation(handler_call_details)
+        if self._expected is None:
+            return self._refuse(method, grpc.StatusCode.PERMISSION_DENIED,
+                                "operator methods are disabled: start scan-serve with --token-file")
+        given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        if not hmac.compare_digest(given.encode() if isinstance(given, str) else bytes(given), self._expected):
+            return self._refuse(method, grpc.StatusCode.UNAUTHENTICATED,
+                                "this method needs the operator token: metadata 'authorization: Bearer <token>'")
+        return continuation(handler_call_details)
+
+    def _refuse(self, method: str, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+        self._metrics.requests.labels(method.rsplit("/", 1)[-1], code.name).inc()
+
+        def deny(request: Any, context: grpc.ServicerContext) -> None:
+            context.abort(code, message)
+
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+@dataclass
+class Running:
+    """A started gateway: the gRPC server, its port, the metrics endpoint and the gateway state."""
+
+    server: grpc.Server
+    port: int
+    gateway: Gateway
+    metrics_port: Optional[int]
+    _metrics_http: Any = None
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting requests, let in-flight ones finish (up to `grace` seconds), release everything."""
+        self.server.stop(grace).wait()
+        self.gateway.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+
+
+def create_server(settings: ServeSettings, log_line: Callable[[str], None] = print) -> Running:
+    """Load the model, bind the ports (0: any free one) and start serving; returns the running gateway."""
+    metrics = Metrics()
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    gateway = Gateway(settings, metrics, health_servicer, log_line)
+    limits = settings.limits
+    options = [("grpc.max_receive_message_length", limits.max_message_bytes),
+               ("grpc.max_send_message_length", limits.max_message_bytes),
+               ("grpc.so_reuseport", 0)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
+                         interceptors=[OperatorAuth(settings.token, metrics)], options=options)
+    scan_pb2_grpc.add_ScanServiceServicer_to_server(ScanServicer(gateway), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    address = f"{settings.host}:{settings.port}"
+    try:
+        if settings.tls_cert is not None:
+            credentials = grpc.ssl_server_credentials([(settings.tls_key, settings.tls_cert)])
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        gateway.close()
+        raise StartupError(f"cannot listen on {address}: {exc}") from exc
+    if port == 0:
+        gateway.close()
+        raise StartupError(f"cannot listen on {address} (in use, or not an address of this machine)")
+    metrics_http, metrics_port = None, None
+    if settings.metrics_port is not None:
+        try:
+            metrics_http, metrics_port = metrics.serve_http(settings.metrics_port, settings.host)
+        except OSError as exc:
+            gateway.close()
+            raise StartupError(f"cannot serve metrics on {settings.host}:{settings.metrics_port}: {exc}") from exc
+    server.start()
+    return Running(server, port, gateway, metrics_port, metrics_http)
+
+
+def serve(settings: ServeSettings, grace: float = 10.0, log_line: Callable[[str], None] = print) -> None:
+    """Run until SIGTERM or SIGINT, then drain in-flight requests for up to `grace` seconds."""
+    running = create_server(settings, log_line)
+    served = running.gateway.current
+    scheme = "TLS" if settings.tls_cert is not None else "plaintext"
+    log_line(f"serving {served.name} version {served.number} ({served.num_clusters} clusters, "
+             f"{running.gateway.backend_name}) on {settings.host}:{running.port} ({scheme})"
+             + (f", metrics on http://{settings.host}:{running.metrics_port}/metrics" if running.metrics_port else ""))
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        log_line(f"{signal.Signals(signum).name}: finishing in-flight requests (up to {grace:g} s), then stopping")
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    stopping.wait()
+    running.stop(grace)
+    log_line("stopped")

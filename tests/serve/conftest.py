@@ -1,0 +1,46 @@
+"""A real gateway on port 0 serving a private copy of the committed example model, and a real client."""
+
+import shutil
+from pathlib import Path
+
+import grpc
+import pytest
+
+from scan_serve.inputs import InputLimits
+from scan_serve.proto import scan_pb2_grpc
+from scan_serve.server import ServeSettings, create_server
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "model_repository"
+TOKEN = "s3cret-operator-token"
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repository")
+    shutil.copytree(EXAMPLE / "fashion_mnist", root / "fashion_mnist")
+    return root
+
+
+def start(repository, **changes):
+    values = dict(repository=repository, model_name="fashion_mnist", port=0, metrics_port=0, token=TOKEN, threads=2,
+                  limits=InputLimits(max_images=256, max_image_bytes=1 << 20, max_pixels=1 << 22))
+    values.update(changes)
+    return create_server(ServeSettings(**values), log_line=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def running(repository):
+    gateway = start(repository)
+    yield gateway
+    gateway.stop(1)
+
+
+@pytest.fixture(scope="module")
+def channel(running):
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield channel
+
+
+@pytest.fixture(scope="module")
+def stub(channel):
+    return scan_pb2_grpc.ScanServiceStub(channel)

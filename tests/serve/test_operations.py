@@ -1,0 +1,223 @@
+"""What operators and tools see: health, reflection, metrics (promtool, a real Prometheus), TLS, shutdown."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from scan_serve.proto import scan_pb2, scan_pb2_grpc
+from tests.serve.conftest import start
+from tests.serve.test_inputs import GOOD, encode
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def scrape(port):
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def sample(text, name, **labels):
+    """Value of one series in Prometheus text format (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        series_name, _, label_text = series.partition("{")
+        if series_name == name and ",".join(sorted(label_text.rstrip("}").split(","))) == wanted:
+            return float(value)
+    return 0.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_health_reports_serving_for_the_server_and_the_service(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "scan.v1.ScanService"):
+        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lets_generic_tools_discover_the_api(channel):
+    database = ProtoReflectionDescriptorDatabase(channel)
+    services = set(database.get_services())
+    assert {"scan.v1.ScanService", "grpc.health.v1.Health"} <= services
+    descriptor = database.FindFileContainingSymbol("scan.v1.ScanService")
+    assert descriptor.name == "scan/v1/scan.proto"
+    assert [m.name for m in descriptor.service[0].method] == [
+        "ClassifyUnlabeled", "GetModelInfo", "GetPrototypes", "SetClusterNames"]
+
+
+def test_metrics_count_requests_clusters_and_confidence_and_pass_promtool(running, stub, tmp_path):
+    before = scrape(running.metrics_port)
+    images = [scan_pb2.Image(encoded=encode(np.roll(np.frombuffer(bytes(range(256)) * 4, np.uint8)[:784], k)
+                                            .reshape(28, 28))) for k in range(7)]
+    response = stub.ClassifyUnlabeled(scan_pb2.ClassifyRequest(images=images, top_k_prototypes=2))
+    with pytest.raises(grpc.RpcError):
+        stub.ClassifyUnlabeled(scan_pb2.ClassifyRequest(images=[scan_pb2.Image(encoded=GOOD[:30])]))
+    after = scrape(running.metrics_port)
+
+    def delta(name, **labels):
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert delta("scan_images_classified_total") == 7
+    assert delta("scan_requests_total", method="ClassifyUnlabeled", code="OK") == 1
+    assert delta("scan_requests_total", method="ClassifyUnlabeled", code="INVALID_ARGUMENT") == 1
+    assert delta("scan_rejected_requests_total", code="INVALID_ARGUMENT") == 1
+    assert delta("scan_request_duration_seconds_count", method="ClassifyUnlabeled", code="OK") == 1
+    assert delta("scan_backend_duration_seconds_count", backend="onnxruntime") == 1
+    assert delta("scan_prototype_similarity_count") == 7
+    threshold = stub.GetModelInfo(scan_pb2.GetModelInfoRequest()).confidence_threshold
+    for cluster in range(10):
+        mine = [r for r in response.results if r.cluster == cluster]
+        assert delta("scan_cluster_assignments_total", cluster=str(cluster)) == len(mine)
+        assert delta("scan_prediction_confidence_count", cluster=str(cluster)) == len(mine)
+        assert delta("scan_low_confidence_predictions_total", cluster=str(cluster)) == sum(
+            r.confidence < threshold for r in mine)
+    assert sample(after, "scan_model_info", model="fashion_mnist", version="1", backend="onnxruntime") == 1
+    assert sample(after, "scan_backend_up", backend="onnxruntime") == 1
+
+    check = subprocess.run(["promtool", "check", "metrics"], input=after, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.slow
+def test_a_real_prometheus_scrapes_the_gateway(running, stub, tmp_path):
+    stub.ClassifyUnlabeled(scan_pb2.ClassifyRequest(images=[scan_pb2.Image(encoded=GOOD)]))
+    config = tmp_path / "prometheus.yml"
+    config.write_text(f"global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: scan\n"
+                      f"    static_configs: [{{targets: ['127.0.0.1:{running.metrics_port}']}}]\n")
+    web = free_port()
+    prometheus = subprocess.Popen(
+        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{web}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, value = time.monotonic() + 60, None
+        while time.monotonic() < deadline and value is None:
+            time.sleep(1)
+            try:
+                url = f"http://127.0.0.1:{web}/api/v1/query?query=scan_images_classified_total"
+                result = json.loads(urllib.request.urlopen(url, timeout=5).read())["data"]["result"]
+            except OSError:
+                continue
+            if result:
+                value = float(result[0]["value"][1])
+        assert value is not None and value >= 1, "Prometheus never scraped scan_images_classified_total"
+        up = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{web}/api/v1/query?query=up", timeout=5).read())
+        assert up["data"]["result"][0]["value"][1] == "1"
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+
+
+def test_operator_methods_are_refused_when_no_token_is_configured(repository):
+    running = start(repository, token=None, metrics_port=None)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            with pytest.raises(grpc.RpcError) as error:
+                scan_pb2_grpc.ScanServiceStub(channel).SetClusterNames(
+                    scan_pb2.SetClusterNamesRequest(names={1: "x"}), metadata=[("authorization", "Bearer anything")])
+            assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "--token-file" in error.value.details()
+    finally:
+        running.stop(1)
+
+
+def test_tls_with_a_generated_certificate(repository, tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days",
+                    "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    running = start(repository, metrics_port=None, tls_cert=cert.read_bytes(), tls_key=key.read_bytes())
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(f"localhost:{running.port}", credentials) as channel:
+            info = scan_pb2_grpc.ScanServiceStub(channel).GetModelInfo(scan_pb2.GetModelInfoRequest(), timeout=10)
+            assert info.model_name == "fashion_mnist"
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:  # plaintext is not spoken
+            with pytest.raises(grpc.RpcError) as error:
+                scan_pb2_grpc.ScanServiceStub(channel).GetModelInfo(scan_pb2.GetModelInfoRequest(), timeout=5)
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        running.stop(1)
+
+
+def big_request(count=96, side=2000):
+    """Slow enough to still be running when SIGTERM arrives: large (but small-to-send) PNGs to decode and resize."""
+    picture = encode(np.add.outer(np.arange(side), np.arange(side)).astype(np.uint8))
+    return scan_pb2.ClassifyRequest(images=[scan_pb2.Image(id=str(i), encoded=picture) for i in range(count)])
+
+
+def test_sigterm_lets_the_in_flight_request_finish_then_exits_cleanly(repository):
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scan_serve.cli", "--repository", str(repository), "--model-name", "fashion_mnist",
+         "--port", "0", "--no-metrics", "--max-image-bytes", str(8 << 20)],
+        cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        port = None
+        while port is None:
+            line = process.stderr.readline()
+            assert line, f"scan-serve exited: {''.join(lines)}"
+            lines.append(line)
+            match = re.search(r"on 127\.0\.0\.1:(\d+)", line)
+            port = int(match.group(1)) if match else None
+        outcome = {}
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+            stub = scan_pb2_grpc.ScanServiceStub(ch)
+
+            request = big_request()
+
+            def call():
+                try:
+                    outcome["response"] = stub.ClassifyUnlabeled(request, timeout=120)
+                except grpc.RpcError as exc:
+                    outcome["error"] = exc
+
+            caller = threading.Thread(target=call)
+            started = time.monotonic()
+            caller.start()
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            caller.join(timeout=120)
+            finished = time.monotonic()
+        assert "error" not in outcome, outcome.get("error")
+        assert len(outcome["response"].results) == 96
+        assert finished - started > 0.6  # it really was in flight when SIGTERM came
+        assert process.wait(timeout=60) == 0
+        rest = process.stderr.read()
+        assert "SIGTERM: finishing in-flight requests" in rest and "stopped" in rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_startup_errors_are_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "scan_serve.cli", "--repository", str(tmp_path), "--model-name",
+                             "nothing", "--port", "0", "--no-metrics"], cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"scan-serve: error: no published version of model 'nothing' in {tmp_path} "
+        "(run scan-export first, or check --repository and --model-name)")
+    result = subprocess.run([sys.executable, "-m", "scan_serve.cli", "--repository", str(tmp_path), "--model-name",
+                             "x", "--tls-cert", "c.pem"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--tls-cert and --tls-key go together" in result.stderr
