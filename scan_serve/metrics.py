@@ -44,6 +44,7 @@ class Metrics:
         self.model_info = Gauge("scan_model_info", "The model version being served (value 1)",
                                 ["model", "version", "backend"], registry=r)
         self._served: Optional[tuple[str, str, str]] = None
+        self._per_cluster: list[tuple] = []
 
     def serving(self, model: str, version: int, backend: str, num_clusters: int) -> None:
         """Record the served version (the info metric has one series) and create the per-cluster series."""
@@ -51,21 +52,22 @@ class Metrics:
             self.model_info.remove(*self._served)
         self._served = (model, str(version), backend)
         self.model_info.labels(*self._served).set(1)
-        for k in range(num_clusters):
-            label = str(k)
-            self.assignments.labels(label)
-            self.low_confidence.labels(label)
-            self.confidence.labels(label)
+        self._per_cluster = [(self.assignments.labels(str(k)), self.confidence.labels(str(k)),
+                              self.low_confidence.labels(str(k))) for k in range(num_clusters)]
 
     def observe_predictions(self, clusters: np.ndarray, confidence: np.ndarray, threshold: float,
                             nearest_similarity: Optional[np.ndarray]) -> None:
         self.images.inc(len(clusters))
+        per_cluster = self._per_cluster
+        counts = np.bincount(clusters, minlength=len(per_cluster))
+        low = np.bincount(clusters[confidence < threshold], minlength=len(per_cluster))
+        for k in np.flatnonzero(counts).tolist():
+            assigned, _, below = per_cluster[k]
+            assigned.inc(int(counts[k]))
+            if low[k]:
+                below.inc(int(low[k]))
         for cluster, value in zip(clusters.tolist(), confidence.tolist()):
-            label = str(cluster)
-            self.assignments.labels(label).inc()
-            self.confidence.labels(label).observe(value)
-            if value < threshold:
-                self.low_confidence.labels(label).inc()
+            per_cluster[cluster][1].observe(value)
         if nearest_similarity is not None:
             for value in nearest_similarity.tolist():
                 self.similarity.observe(value)

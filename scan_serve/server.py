@@ -303,6 +303,12 @@ def create_server(settings: ServeSettings, log_line: Callable[[str], None] = pri
 
 def serve(settings: ServeSettings, grace: float = 10.0, log_line: Callable[[str], None] = print) -> None:
     """Run until SIGTERM or SIGINT, then drain in-flight requests for up to `grace` seconds."""
+    try:
+        import faiss  # noqa: PLC0415
+
+        faiss.omp_set_num_threads(1)  # prototype searches are tiny; OpenMP threads only fight onnxruntime's
+    except ImportError:  # pragma: no cover - faiss is a dependency of the cpu/gpu extras
+        pass
     running = create_server(settings, log_line)
     served = running.gateway.current
     scheme = "TLS" if settings.tls_cert is not None else "plaintext"

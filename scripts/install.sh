@@ -12,15 +12,20 @@ flavor=cpu
 
 say() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
 
-# Debian packages: the Fashion-MNIST files (evaluation labels included). Optional elsewhere.
-if [[ "${SCAN_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null 2>&1 \
-   && [[ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]]; then
-  if [[ $(id -u) == 0 ]]; then
-    say "apt-get install dataset-fashion-mnist"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null \
-      || say "apt-get failed: Fashion-MNIST will be downloaded on first use instead"
-  else
-    say "not root: skipping apt (Fashion-MNIST will be downloaded on first use)"
+# Debian packages: the Fashion-MNIST files (evaluation labels included), and Prometheus (the tests
+# scrape the gateway with a real one and validate its metrics with promtool). Optional elsewhere.
+if [[ "${SCAN_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null 2>&1; then
+  missing=()
+  [[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]] || missing+=(dataset-fashion-mnist)
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  if (( ${#missing[@]} )); then
+    if [[ $(id -u) == 0 ]]; then
+      say "apt-get install ${missing[*]}"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || say "apt-get failed: Fashion-MNIST will be downloaded on first use; the Prometheus tests will fail"
+    else
+      say "not root: skipping apt (${missing[*]})"
+    fi
   fi
 fi
 

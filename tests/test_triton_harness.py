@@ -18,6 +18,8 @@ from tests.triton_harness import (
     _shm_files_of,
 )
 
+pytestmark = pytest.mark.slow  # a real tritonserver starts in each test (about 3 s each)
+
 VERSION_DIR = pathlib.Path(__file__).resolve().parents[1] / "model_repository" / "fashion_mnist" / "1"
 MODEL = "fashion_mnist"
 

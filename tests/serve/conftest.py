@@ -21,11 +21,11 @@ def repository(tmp_path_factory):
     return root
 
 
-def start(repository, **changes):
+def start(repository, log_line=lambda _: None, **changes):
     values = dict(repository=repository, model_name="fashion_mnist", port=0, metrics_port=0, token=TOKEN, threads=2,
                   limits=InputLimits(max_images=256, max_image_bytes=1 << 20, max_pixels=1 << 22))
     values.update(changes)
-    return create_server(ServeSettings(**values), log_line=lambda _: None)
+    return create_server(ServeSettings(**values), log_line=log_line)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,33 @@
+"""Which version the gateway serves: the newest intact one; a pinned damaged one stops the start."""
+
+import shutil
+
+import pytest
+
+from scan_serve.errors import StartupError
+from tests.serve.conftest import EXAMPLE, start
+
+
+def test_a_corrupt_newest_version_is_skipped_and_a_pinned_corrupt_one_is_refused(tmp_path):
+    model = tmp_path / "fashion_mnist"
+    shutil.copytree(EXAMPLE / "fashion_mnist", model)
+    shutil.copytree(model / "1", model / "2")
+    metadata = (model / "2" / "metadata.json").read_text().replace('"version": 1', '"version": 2')
+    (model / "2" / "metadata.json").write_text(metadata)
+    running = start(tmp_path, metrics_port=None)
+    assert running.gateway.current.number == 2
+    running.stop(0)
+
+    onnx = model / "2" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:-10] + b"0123456789")  # same size, other bytes
+    lines = []
+    running = start(tmp_path, metrics_port=None, log_line=lines.append)
+    try:
+        assert running.gateway.current.number == 1
+        assert any("skipping fashion_mnist version 2: " in line and "model.onnx is corrupt" in line for line in lines)
+    finally:
+        running.stop(0)
+    with pytest.raises(StartupError, match="model.onnx is corrupt"):
+        start(tmp_path, metrics_port=None, version=2)
+    with pytest.raises(StartupError, match=r"has no version 7 .*\(it has \[1, 2\]\)"):
+        start(tmp_path, metrics_port=None, version=7)
