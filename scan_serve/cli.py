@@ -53,6 +53,7 @@ def main(repository: str, model_name: str, version: Optional[int], host: str, po
          max_image_bytes: int, max_pixels: int, grace: float) -> None:
     """Serve a model version of a repository over gRPC (ClassifyUnlabeled, model info, prototypes)."""
     logging.basicConfig(level=logging.INFO, format="scan-serve: %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # not "Successfully loaded faiss" on every start
     try:
         if (tls_cert is None) != (tls_key is None):
             raise click.UsageError("--tls-cert and --tls-key go together")

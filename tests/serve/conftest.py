@@ -1,6 +1,7 @@
 """A real gateway on port 0 serving a private copy of the committed example model, and a real client."""
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -44,3 +45,12 @@ def channel(running):
 @pytest.fixture(scope="module")
 def stub(channel):
     return scan_pb2_grpc.ScanServiceStub(channel)
+
+
+def make_certificate(folder):
+    """A self-signed certificate for localhost / 127.0.0.1 made with openssl: (key path, certificate path)."""
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days",
+                    "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return key, cert

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from scan_serve.proto import scan_pb2, scan_pb2_grpc
-from tests.serve.conftest import start
+from tests.serve.conftest import make_certificate, start
 from tests.serve.test_inputs import GOOD, encode
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,10 +140,7 @@ def test_operator_methods_are_refused_when_no_token_is_configured(repository):
 
 
 def test_tls_with_a_generated_certificate(repository, tmp_path):
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days",
-                    "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    key, cert = make_certificate(tmp_path)
     running = start(repository, metrics_port=None, tls_cert=cert.read_bytes(), tls_key=key.read_bytes())
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
