@@ -1,18 +1,21 @@
-# CPU trainer image: `docker build -t scan-train . && docker run --rm -v $PWD/runs:/app/runs scan-train \
-#   configs/fashion_mnist_cpu.yaml --output runs/fmnist`
-# (A CUDA trainer image and the slim gateway image come with the serving work.)
+# The gateway image: scan-serve with embedded onnxruntime (CPU), serving a model repository mounted at /models.
+#   docker build -t scan-serve .
+#   docker run --rm -p 50051:50051 -p 9464:9464 -v $PWD/model_repository:/models:ro scan-serve
+#   (add -e SCAN_SERVE_MODEL_NAME=... for another model, -e SCAN_SERVE_TRITON_URL=host:8001 for Triton,
+#    -v tokendir:/run/secrets:ro -e SCAN_SERVE_TOKEN_FILE=/run/secrets/token for operator methods)
 FROM python:3.11-slim-bookworm
-RUN apt-get update \
- && apt-get install -y --no-install-recommends dataset-fashion-mnist \
- && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY trainer ./trainer
 COPY export ./export
 COPY scan_serve ./scan_serve
-COPY configs ./configs
+# torch is needed by the shared preprocessing and the model code; the CPU wheel keeps the image small
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
  && pip install --no-cache-dir ".[cpu]" \
- && useradd --create-home scan && mkdir -p /app/runs && chown scan /app/runs
+ && useradd --create-home --uid 10001 scan
 USER scan
-ENTRYPOINT ["scan-train"]
+ENV SCAN_SERVE_REPOSITORY=/models SCAN_SERVE_MODEL_NAME=fashion_mnist SCAN_SERVE_HOST=0.0.0.0
+VOLUME ["/models"]
+EXPOSE 50051 9464
+HEALTHCHECK --interval=10s --timeout=6s --start-period=20s --retries=3 CMD ["python", "-m", "scan_serve.healthcheck", "127.0.0.1:50051"]
+ENTRYPOINT ["scan-serve"]
