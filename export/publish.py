@@ -114,6 +114,15 @@ def export_model(
     return published
 
 
+def triton_options_of(metadata: dict[str, Any]) -> TritonOptions:
+    """The Triton settings a published version was exported with (defaults for what it does not record)."""
+    recorded = dict(metadata.get("triton", {}))
+    if "preferred_batch_sizes" in recorded:
+        recorded["preferred_batch_sizes"] = tuple(recorded["preferred_batch_sizes"])
+    known = {k: v for k, v in recorded.items() if k in TritonOptions.__dataclass_fields__}
+    return TritonOptions(**known)
+
+
 def resolve_version(
     repository: ModelRepository, model_name: str, version: Optional[int], log: Callable[[str], None] = lambda _: None
 ) -> int:
@@ -164,6 +173,8 @@ def _metadata(name: str, model: ScanModel, inputs: ExportInputs, num_clusters: i
         "prototypes": {"count": len(index), "per_cluster": per_cluster,
                        "empty_clusters": [k for k, n in enumerate(per_cluster) if n == 0]},
         "triton": {"max_batch_size": config.max_batch_size, "instance_kind": config.instance_kind,
-                   "instance_count": config.instance_count, "keep_versions": config.keep_versions},
+                   "instance_count": config.instance_count, "keep_versions": config.keep_versions,
+                   "preferred_batch_sizes": list(config.preferred_batch_sizes),
+                   "max_queue_delay_us": config.max_queue_delay_us},
         "exporter": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "opset": OPSET},
     }

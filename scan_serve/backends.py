@@ -129,6 +129,21 @@ class TritonBackend(Backend):
                                      f"{self.version}: {_short(exc)}") from exc
         return result.as_numpy(OUTPUT_NAMES[0]), result.as_numpy(OUTPUT_NAMES[1])
 
+    def wait_until_ready(self, timeout_s: float = 60.0) -> None:
+        """Ask Triton to load this version (explicit model control) and wait until it is ready
+        (in poll mode Triton finds the new folder by itself within seconds)."""
+        try:
+            self.client.load_model(self.model_name)
+        except Exception:  # noqa: BLE001 - poll mode refuses explicit loads; waiting is all there is to do
+            pass
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return
+            time.sleep(0.5)
+        raise BackendUnavailable(f"Triton at {self.url} did not make {self.model_name} version {self.version} "
+                                 f"ready within {timeout_s:g} s")
+
     def healthy(self) -> bool:
         try:
             return bool(self.client.is_model_ready(self.model_name, self.version, client_timeout=2.0))

@@ -46,11 +46,17 @@ def _read(path: Optional[str], what: str) -> Optional[bytes]:
 @click.option("--max-image-bytes", type=click.IntRange(min=1), default=8 << 20, show_default=True, help="Bytes per image.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=4096 * 4096, show_default=True,
               help="Pixels per image, checked before decoding.")
+@click.option("--store", type=click.Path(file_okay=False), default=None,
+              help="Folder of the fine-tuning image store and job records (fine-tuning is off without it).")
+@click.option("--store-max-images", type=click.IntRange(min=1), default=100_000, show_default=True)
+@click.option("--store-max-bytes", type=click.IntRange(min=1), default=2 << 30, show_default=True)
+@click.option("--finetune-device", default="cpu", show_default=True, help="Where fine-tuning jobs train.")
 @click.option("--grace", type=float, default=10.0, show_default=True, help="Seconds in-flight requests get on SIGTERM.")
 def main(repository: str, model_name: str, version: Optional[int], host: str, port: int, metrics_port: int,
          no_metrics: bool, triton_url: Optional[str], device: str, threads: Optional[int], max_batch: int,
          token_file: Optional[str], tls_cert: Optional[str], tls_key: Optional[str], max_images: int,
-         max_image_bytes: int, max_pixels: int, grace: float) -> None:
+         max_image_bytes: int, max_pixels: int, store: Optional[str], store_max_images: int, store_max_bytes: int,
+         finetune_device: str, grace: float) -> None:
     """Serve a model version of a repository over gRPC (ClassifyUnlabeled, model info, prototypes)."""
     logging.basicConfig(level=logging.INFO, format="scan-serve: %(message)s")
     logging.getLogger("faiss").setLevel(logging.WARNING)  # not "Successfully loaded faiss" on every start
@@ -69,6 +75,8 @@ def main(repository: str, model_name: str, version: Optional[int], host: str, po
             metrics_port=None if no_metrics else metrics_port, triton_url=triton_url, device=device, threads=threads,
             max_batch=max_batch, token=token, tls_cert=_read(tls_cert, "--tls-cert"), tls_key=_read(tls_key, "--tls-key"),
             limits=InputLimits(max_images=max_images, max_image_bytes=max_image_bytes, max_pixels=max_pixels),
+            store=Path(store) if store else None, store_max_images=store_max_images, store_max_bytes=store_max_bytes,
+            finetune_device=finetune_device,
         )
         serve(settings, grace, log_line=lambda line: click.echo(f"scan-serve: {line}", err=True))
     except click.UsageError as exc:

@@ -43,6 +43,12 @@ class Metrics:
                                 registry=r)
         self.model_info = Gauge("scan_model_info", "The model version being served (value 1)",
                                 ["model", "version", "backend"], registry=r)
+        self.jobs = Gauge("scan_finetune_jobs", "Fine-tuning jobs by state", ["state"], registry=r)
+        self.stored_images = Gauge("scan_stored_images", "Images in the fine-tuning image store", registry=r)
+        self.last_job_duration = Gauge("scan_finetune_last_job_duration_seconds",
+                                       "Wall time of the last fine-tuning job that finished", registry=r)
+        self.version_switches = Counter("scan_version_switches", "Times the gateway switched to a new model version",
+                                        registry=r)
         self._served: Optional[tuple[str, str, str]] = None
         self._per_cluster: list[tuple] = []
 

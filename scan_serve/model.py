@@ -47,6 +47,9 @@ class ServedVersion:
             self.threshold = float(meta["confidence_threshold"])
         except (OSError, KeyError, ValueError, ExportError) as exc:
             raise StartupError(f"{version.path} is not a servable version ({type(exc).__name__}: {exc})") from exc
+        self._inflight = 0
+        self._retired = False
+        self._state = threading.Condition()
         if int(meta["input"]["width"]) != self.size:
             raise StartupError(f"{version.path}: only square inputs are served, metadata says "
                                f"{meta['input']['width']}x{self.size}")
@@ -54,6 +57,26 @@ class ServedVersion:
     @property
     def name(self) -> str:
         return self.version.name
+
+    # A version being replaced keeps its backend until the requests that started on it are done.
+
+    def enter(self) -> None:
+        with self._state:
+            self._inflight += 1
+
+    def leave(self) -> None:
+        with self._state:
+            self._inflight -= 1
+            close = self._retired and self._inflight == 0
+        if close:
+            self.backend.close()
+
+    def retire(self) -> None:
+        with self._state:
+            self._retired = True
+            close = self._inflight == 0
+        if close:
+            self.backend.close()
 
     @property
     def number(self) -> int:

@@ -23,7 +23,9 @@ from grpc_reflection.v1alpha import reflection
 from export.repository import ModelRepository, ModelVersion
 from scan_serve.backends import Backend, OnnxRuntimeBackend, TritonBackend
 from scan_serve.errors import InvalidInput, ServeError, StartupError
-from scan_serve.inputs import InputLimits, check_request, prepare_images
+from scan_serve.inputs import InputLimits, check_request, prepare_image, prepare_images
+from scan_serve.jobs import JobManager
+from scan_serve.store import ImageStore
 from scan_serve.metrics import Metrics
 from scan_serve.model import NAMES_FILE, ClusterNames, ServedVersion, load_version
 from scan_serve.proto import scan_pb2, scan_pb2_grpc
@@ -31,7 +33,11 @@ from scan_serve.proto import scan_pb2, scan_pb2_grpc
 log = logging.getLogger("scan_serve")
 
 SERVICE_NAME = scan_pb2.DESCRIPTOR.services_by_name["ScanService"].full_name
-OPERATOR_METHODS = frozenset({f"/{SERVICE_NAME}/SetClusterNames"})
+OPERATOR_METHODS = frozenset(f"/{SERVICE_NAME}/{name}" for name in (
+    "SetClusterNames", "SubmitImages", "StartFineTune", "GetFineTuneJob", "ListFineTuneJobs", "CancelFineTuneJob"))
+STREAMING_REQUESTS = frozenset({f"/{SERVICE_NAME}/SubmitImages"})
+JOB_STATES = {name: getattr(scan_pb2, f"JOB_STATE_{name.upper()}") for name in
+              ("queued", "running", "succeeded", "rejected", "failed", "cancelled")}
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,10 @@ class ServeSettings:
     limits: InputLimits = field(default_factory=InputLimits)
     workers: int = 16
     health_interval_s: float = 1.0
+    store: Optional[Path] = None  # image store + job records; None: fine-tuning is off
+    store_max_images: int = 100_000
+    store_max_bytes: int = 2 << 30
+    finetune_device: str = "cpu"
 
 
 class Gateway:
@@ -69,8 +79,16 @@ class Gateway:
         self._current = load_version(self.repository, settings.model_name, settings.version, self.make_backend,
                                      log_line)
         self.metrics.serving(self.current.name, self.current.number, self.backend_name, self.current.num_clusters)
+        self._swap = threading.Lock()
         self._stop = threading.Event()
         self._watcher: Optional[threading.Thread] = None
+        self._log = log_line
+        self.store: Optional[ImageStore] = None
+        self.jobs: Optional[JobManager] = None
+        if settings.store is not None:
+            self.store = ImageStore(settings.store, settings.store_max_images, settings.store_max_bytes)
+            self.jobs = JobManager(self.store, settings.repository, settings.model_name, settings.finetune_device,
+                                   on_success=self.switch_to, on_change=self.refresh_store_metrics, log=log_line)
         self._set_health(self.current.backend.healthy())
         if settings.triton_url:
             self._watcher = threading.Thread(target=self._watch_backend, name="backend-health", daemon=True)
@@ -78,7 +96,39 @@ class Gateway:
 
     @property
     def current(self) -> ServedVersion:
-        return self._current  # one read per request: a swap never changes a request midway
+        return self._current
+
+    def acquire(self) -> ServedVersion:
+        """The served version for one request; it keeps its backend until `release` even if replaced."""
+        with self._swap:
+            served = self._current
+            served.enter()
+        return served
+
+    def switch_to(self, version: int) -> None:
+        """Serve `version` from now on: load it beside the current one, swap, retire the old one when idle."""
+        s = self.settings
+        if s.triton_url:
+            TritonBackend(s.triton_url, s.model_name, version).wait_until_ready()
+        new = load_version(self.repository, s.model_name, version, self.make_backend, self._log)
+        with self._swap:
+            old, self._current = self._current, new
+        old.retire()
+        self.metrics.serving(new.name, new.number, self.backend_name, new.num_clusters)
+        self.metrics.version_switches.inc()
+        self._log(f"now serving {new.name} version {new.number} (was {old.number})")
+
+    def refresh_store_metrics(self) -> None:
+        if self.store is None:
+            return
+        jobs = self.store.jobs()
+        for state in JOB_STATES:
+            self.metrics.jobs.labels(state).set(sum(j["state"] == state for j in jobs))
+        self.metrics.stored_images.set(self.store.count())
+        finished = [j for j in jobs if j["finished_at"] and j["started_at"]]
+        if finished:
+            last = max(finished, key=lambda j: j["finished_at"])
+            self.metrics.last_job_duration.set(last["finished_at"] - last["started_at"])
 
     def make_backend(self, version: ModelVersion) -> Backend:
         s = self.settings
@@ -103,9 +153,11 @@ class Gateway:
 
     def close(self) -> None:
         self._stop.set()
+        if self.jobs is not None:
+            self.jobs.close()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
-        self.current.backend.close()
+        self.current.retire()
 
 
 def _observed(method: str) -> Callable:
@@ -142,7 +194,14 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
     @_observed("ClassifyUnlabeled")
     def ClassifyUnlabeled(self, request: scan_pb2.ClassifyRequest, context: grpc.ServicerContext):
         gateway = self.gateway
-        served = gateway.current
+        served = gateway.acquire()
+        try:
+            return self._classify(request, served)
+        finally:
+            served.leave()
+
+    def _classify(self, request: scan_pb2.ClassifyRequest, served: ServedVersion) -> scan_pb2.ClassifyResponse:
+        gateway = self.gateway
         limits = gateway.settings.limits
         top_k = int(request.top_k_prototypes)
         try:
@@ -213,6 +272,101 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         self.gateway.names.update(dict(request.names))
         return self._info()
 
+    # ------------------------------------------------------------------ fine-tuning (operator only)
+
+    def _jobs(self) -> JobManager:
+        if self.gateway.jobs is None:
+            raise ServeError("fine-tuning is off: start scan-serve with --store DIR", grpc.StatusCode.FAILED_PRECONDITION)
+        return self.gateway.jobs
+
+    @_observed("SubmitImages")
+    def SubmitImages(self, request_iterator: Any, context: grpc.ServicerContext):
+        jobs = self._jobs()
+        served = self.gateway.current
+        limits = self.gateway.settings.limits
+        received = stored = duplicates = total = 0
+        for message in request_iterator:
+            check_request(len(message.images), 0, limits)
+            items = []
+            for image in message.images:
+                prepare_image(image, received, served.channels, served.size, limits)  # the classification rules
+                items.append((_stored_bytes(image), image.id or f"submitted[{received}]"))
+                received += 1
+            result = jobs.store.add(items)
+            stored, duplicates, total = stored + result.stored, duplicates + result.duplicates, result.total
+        if received == 0:
+            raise InvalidInput("the stream had no images")
+        self.gateway.refresh_store_metrics()
+        return scan_pb2.SubmitImagesResponse(received=received, stored=stored, duplicates=duplicates,
+                                             stored_total=total)
+
+    @_observed("StartFineTune")
+    def StartFineTune(self, request: scan_pb2.StartFineTuneRequest, context: grpc.ServicerContext):
+        jobs = self._jobs()
+        served = self.gateway.current
+        if request.epochs > 1000:
+            raise InvalidInput(f"epochs is {request.epochs}, more than 1000")
+        if not 0 <= request.threshold < 1 or not 0 <= request.min_agreement <= 1 or request.learning_rate < 0:
+            raise InvalidInput("threshold must be within [0, 1), min_agreement within [0, 1], learning_rate >= 0")
+        if request.augment not in ("", "strong", "weak"):
+            raise InvalidInput(f"augment must be 'strong' or 'weak', got {request.augment!r}")
+        needed = 10 * served.num_clusters
+        available = jobs.store.count()
+        if available < needed:
+            raise ServeError(f"the store holds {available} images; fine-tuning needs at least {needed} "
+                             "(10 per cluster): submit more with SubmitImages", grpc.StatusCode.FAILED_PRECONDITION)
+        options = {"epochs": request.epochs, "threshold": request.threshold, "max_images": request.max_images,
+                   "learning_rate": request.learning_rate, "min_agreement": request.min_agreement,
+                   "augment": request.augment, "no_class_balance": request.no_class_balance}
+        return _job_message(jobs.submit(options, served.number))
+
+    @_observed("GetFineTuneJob")
+    def GetFineTuneJob(self, request: scan_pb2.GetFineTuneJobRequest, context: grpc.ServicerContext):
+        return _job_message(self._job(request.id))
+
+    @_observed("ListFineTuneJobs")
+    def ListFineTuneJobs(self, request: scan_pb2.ListFineTuneJobsRequest, context: grpc.ServicerContext):
+        return scan_pb2.ListFineTuneJobsResponse(jobs=[_job_message(j) for j in self._jobs().store.jobs()])
+
+    @_observed("CancelFineTuneJob")
+    def CancelFineTuneJob(self, request: scan_pb2.CancelFineTuneJobRequest, context: grpc.ServicerContext):
+        self._job(request.id)
+        return _job_message(self._jobs().cancel(request.id))
+
+    def _job(self, job_id: str) -> dict[str, Any]:
+        try:
+            return self._jobs().store.job(job_id)
+        except KeyError:
+            raise ServeError(f"no fine-tuning job {job_id!r}", grpc.StatusCode.NOT_FOUND) from None
+
+
+def _stored_bytes(image: Any) -> bytes:
+    """What the store keeps of a submitted image: encoded bytes as sent; raw pixels as a PNG (lossless)."""
+    if image.WhichOneof("content") == "encoded":
+        return bytes(image.encoded)
+    import io  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
+
+    raw = image.raw
+    pixels = np.frombuffer(raw.data, np.uint8).reshape(raw.channels, raw.height, raw.width)
+    picture = Image.fromarray(pixels[0] if raw.channels == 1 else np.ascontiguousarray(pixels.transpose(1, 2, 0)))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _job_message(job: dict[str, Any]) -> scan_pb2.FineTuneJob:
+    import json  # noqa: PLC0415
+
+    return scan_pb2.FineTuneJob(
+        id=job["id"], state=JOB_STATES[job["state"]], progress=job["progress"], message=job["message"],
+        base_version=job["base_version"], new_version=job["new_version"] or 0, created_at=job["created_at"],
+        started_at=job["started_at"] or 0.0, finished_at=job["finished_at"] or 0.0, images=job["images"],
+        gate_failures=job["gate_failures"], gate_json=json.dumps(job["gate"]) if job["gate"] else "",
+    )
+
 
 class OperatorAuth(grpc.ServerInterceptor):
     """Operator-only methods need `authorization: Bearer <token>`; compared in constant time."""
@@ -240,6 +394,8 @@ class OperatorAuth(grpc.ServerInterceptor):
         def deny(request: Any, context: grpc.ServicerContext) -> None:
             context.abort(code, message)
 
+        if method in STREAMING_REQUESTS:
+            return grpc.stream_unary_rpc_method_handler(deny)
         return grpc.unary_unary_rpc_method_handler(deny)
 
 
@@ -267,6 +423,7 @@ def create_server(settings: ServeSettings, log_line: Callable[[str], None] = pri
     metrics = Metrics()
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     gateway = Gateway(settings, metrics, health_servicer, log_line)
+    gateway.refresh_store_metrics()
     limits = settings.limits
     options = [("grpc.max_receive_message_length", limits.max_message_bytes),
                ("grpc.max_send_message_length", limits.max_message_bytes),

@@ -1,10 +1,28 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_QUEUED: _ClassVar[JobState]
+    JOB_STATE_RUNNING: _ClassVar[JobState]
+    JOB_STATE_SUCCEEDED: _ClassVar[JobState]
+    JOB_STATE_REJECTED: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+    JOB_STATE_CANCELLED: _ClassVar[JobState]
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_QUEUED: JobState
+JOB_STATE_RUNNING: JobState
+JOB_STATE_SUCCEEDED: JobState
+JOB_STATE_REJECTED: JobState
+JOB_STATE_FAILED: JobState
+JOB_STATE_CANCELLED: JobState
 
 class Image(_message.Message):
     __slots__ = ("id", "encoded", "raw")
@@ -142,3 +160,89 @@ class SetClusterNamesRequest(_message.Message):
     NAMES_FIELD_NUMBER: _ClassVar[int]
     names: _containers.ScalarMap[int, str]
     def __init__(self, names: _Optional[_Mapping[int, str]] = ...) -> None: ...
+
+class SubmitImagesRequest(_message.Message):
+    __slots__ = ("images",)
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+
+class SubmitImagesResponse(_message.Message):
+    __slots__ = ("received", "stored", "duplicates", "stored_total")
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    STORED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    received: int
+    stored: int
+    duplicates: int
+    stored_total: int
+    def __init__(self, received: _Optional[int] = ..., stored: _Optional[int] = ..., duplicates: _Optional[int] = ..., stored_total: _Optional[int] = ...) -> None: ...
+
+class StartFineTuneRequest(_message.Message):
+    __slots__ = ("epochs", "threshold", "max_images", "learning_rate", "min_agreement", "augment", "no_class_balance")
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    MIN_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    AUGMENT_FIELD_NUMBER: _ClassVar[int]
+    NO_CLASS_BALANCE_FIELD_NUMBER: _ClassVar[int]
+    epochs: int
+    threshold: float
+    max_images: int
+    learning_rate: float
+    min_agreement: float
+    augment: str
+    no_class_balance: bool
+    def __init__(self, epochs: _Optional[int] = ..., threshold: _Optional[float] = ..., max_images: _Optional[int] = ..., learning_rate: _Optional[float] = ..., min_agreement: _Optional[float] = ..., augment: _Optional[str] = ..., no_class_balance: _Optional[bool] = ...) -> None: ...
+
+class FineTuneJob(_message.Message):
+    __slots__ = ("id", "state", "progress", "message", "base_version", "new_version", "created_at", "started_at", "finished_at", "images", "gate_failures", "gate_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NEW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    GATE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    GATE_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    state: JobState
+    progress: float
+    message: str
+    base_version: int
+    new_version: int
+    created_at: float
+    started_at: float
+    finished_at: float
+    images: int
+    gate_failures: _containers.RepeatedScalarFieldContainer[str]
+    gate_json: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[float] = ..., message: _Optional[str] = ..., base_version: _Optional[int] = ..., new_version: _Optional[int] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., images: _Optional[int] = ..., gate_failures: _Optional[_Iterable[str]] = ..., gate_json: _Optional[str] = ...) -> None: ...
+
+class GetFineTuneJobRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ListFineTuneJobsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListFineTuneJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[FineTuneJob]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[FineTuneJob, _Mapping]]] = ...) -> None: ...
+
+class CancelFineTuneJobRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...

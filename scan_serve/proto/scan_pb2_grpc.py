@@ -54,6 +54,31 @@ class ScanServiceStub:
                 request_serializer=scan_dot_v1_dot_scan__pb2.SetClusterNamesRequest.SerializeToString,
                 response_deserializer=scan_dot_v1_dot_scan__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.SubmitImages = channel.stream_unary(
+                '/scan.v1.ScanService/SubmitImages',
+                request_serializer=scan_dot_v1_dot_scan__pb2.SubmitImagesRequest.SerializeToString,
+                response_deserializer=scan_dot_v1_dot_scan__pb2.SubmitImagesResponse.FromString,
+                _registered_method=True)
+        self.StartFineTune = channel.unary_unary(
+                '/scan.v1.ScanService/StartFineTune',
+                request_serializer=scan_dot_v1_dot_scan__pb2.StartFineTuneRequest.SerializeToString,
+                response_deserializer=scan_dot_v1_dot_scan__pb2.FineTuneJob.FromString,
+                _registered_method=True)
+        self.GetFineTuneJob = channel.unary_unary(
+                '/scan.v1.ScanService/GetFineTuneJob',
+                request_serializer=scan_dot_v1_dot_scan__pb2.GetFineTuneJobRequest.SerializeToString,
+                response_deserializer=scan_dot_v1_dot_scan__pb2.FineTuneJob.FromString,
+                _registered_method=True)
+        self.ListFineTuneJobs = channel.unary_unary(
+                '/scan.v1.ScanService/ListFineTuneJobs',
+                request_serializer=scan_dot_v1_dot_scan__pb2.ListFineTuneJobsRequest.SerializeToString,
+                response_deserializer=scan_dot_v1_dot_scan__pb2.ListFineTuneJobsResponse.FromString,
+                _registered_method=True)
+        self.CancelFineTuneJob = channel.unary_unary(
+                '/scan.v1.ScanService/CancelFineTuneJob',
+                request_serializer=scan_dot_v1_dot_scan__pb2.CancelFineTuneJobRequest.SerializeToString,
+                response_deserializer=scan_dot_v1_dot_scan__pb2.FineTuneJob.FromString,
+                _registered_method=True)
 
 
 class ScanServiceServicer:
@@ -89,6 +114,42 @@ class ScanServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitImages(self, request_iterator, context):
+        """Operator only: store unlabeled images for fine-tuning. A client stream: send the images in as
+        many messages as needed. Images are checked like ClassifyUnlabeled input, deduplicated by content
+        (SHA-256), and durably stored before the response acknowledges them. If the stream fails midway,
+        images of earlier messages may already be stored; sending them again is harmless (duplicates).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartFineTune(self, request, context):
+        """Operator only: queue a fine-tuning job on the stored images. It runs in its own process, starts
+        from the served version, and publishes a new version only if the safety gate passes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFineTuneJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFineTuneJobs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelFineTuneJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScanServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +172,31 @@ def add_ScanServiceServicer_to_server(servicer, server):
                     servicer.SetClusterNames,
                     request_deserializer=scan_dot_v1_dot_scan__pb2.SetClusterNamesRequest.FromString,
                     response_serializer=scan_dot_v1_dot_scan__pb2.ModelInfo.SerializeToString,
+            ),
+            'SubmitImages': grpc.stream_unary_rpc_method_handler(
+                    servicer.SubmitImages,
+                    request_deserializer=scan_dot_v1_dot_scan__pb2.SubmitImagesRequest.FromString,
+                    response_serializer=scan_dot_v1_dot_scan__pb2.SubmitImagesResponse.SerializeToString,
+            ),
+            'StartFineTune': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartFineTune,
+                    request_deserializer=scan_dot_v1_dot_scan__pb2.StartFineTuneRequest.FromString,
+                    response_serializer=scan_dot_v1_dot_scan__pb2.FineTuneJob.SerializeToString,
+            ),
+            'GetFineTuneJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFineTuneJob,
+                    request_deserializer=scan_dot_v1_dot_scan__pb2.GetFineTuneJobRequest.FromString,
+                    response_serializer=scan_dot_v1_dot_scan__pb2.FineTuneJob.SerializeToString,
+            ),
+            'ListFineTuneJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFineTuneJobs,
+                    request_deserializer=scan_dot_v1_dot_scan__pb2.ListFineTuneJobsRequest.FromString,
+                    response_serializer=scan_dot_v1_dot_scan__pb2.ListFineTuneJobsResponse.SerializeToString,
+            ),
+            'CancelFineTuneJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelFineTuneJob,
+                    request_deserializer=scan_dot_v1_dot_scan__pb2.CancelFineTuneJobRequest.FromString,
+                    response_serializer=scan_dot_v1_dot_scan__pb2.FineTuneJob.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +307,141 @@ class ScanService:
             '/scan.v1.ScanService/SetClusterNames',
             scan_dot_v1_dot_scan__pb2.SetClusterNamesRequest.SerializeToString,
             scan_dot_v1_dot_scan__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitImages(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/scan.v1.ScanService/SubmitImages',
+            scan_dot_v1_dot_scan__pb2.SubmitImagesRequest.SerializeToString,
+            scan_dot_v1_dot_scan__pb2.SubmitImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartFineTune(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scan.v1.ScanService/StartFineTune',
+            scan_dot_v1_dot_scan__pb2.StartFineTuneRequest.SerializeToString,
+            scan_dot_v1_dot_scan__pb2.FineTuneJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFineTuneJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scan.v1.ScanService/GetFineTuneJob',
+            scan_dot_v1_dot_scan__pb2.GetFineTuneJobRequest.SerializeToString,
+            scan_dot_v1_dot_scan__pb2.FineTuneJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFineTuneJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scan.v1.ScanService/ListFineTuneJobs',
+            scan_dot_v1_dot_scan__pb2.ListFineTuneJobsRequest.SerializeToString,
+            scan_dot_v1_dot_scan__pb2.ListFineTuneJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelFineTuneJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scan.v1.ScanService/CancelFineTuneJob',
+            scan_dot_v1_dot_scan__pb2.CancelFineTuneJobRequest.SerializeToString,
+            scan_dot_v1_dot_scan__pb2.FineTuneJob.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,11 +1,14 @@
 """A real gateway on port 0 serving a private copy of the committed example model, and a real client."""
 
+import io
 import shutil
 import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
+import torch
+from PIL import Image
 
 from scan_serve.inputs import InputLimits
 from scan_serve.proto import scan_pb2_grpc
@@ -54,3 +57,23 @@ def make_certificate(folder):
                     "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
                    check=True, capture_output=True)
     return key, cert
+
+
+def png(array):
+    """PNG bytes of a uint8 (H, W) or (H, W, 3|4) array."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def fashion_test():
+    """The real Fashion-MNIST test split: images (10000, 28, 28) uint8 and labels (10000,)."""
+    from tests.fmnist import FASHION_MNIST_DIR
+    from trainer.config import DataConfig
+    from trainer.data import load_dataset
+
+    if not (Path(FASHION_MNIST_DIR) / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST not installed (scripts/install.sh installs dataset-fashion-mnist)")
+    test = load_dataset(DataConfig(name="fashion_mnist", num_workers=0), "test", seed=0)
+    return torch.stack([test[i] for i in range(len(test))]).numpy()[:, 0], test.labels.numpy()

@@ -1,33 +1,22 @@
 """ClassifyUnlabeled, model info and prototypes against a real server, checked against the model run directly."""
 
-import io
 
 import grpc
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from export.graph import onnx_session, run_session
 from export.prototypes import PrototypeIndex
 from export.repository import ModelRepository
 from scan_serve.proto import scan_pb2
 from tests.fmnist import needs_fashion_mnist
-from tests.serve.conftest import TOKEN
-from trainer.config import DataConfig
-from trainer.data import load_dataset
-
-
-def png(array):
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
+from tests.serve.conftest import TOKEN, png
 
 
 @pytest.fixture(scope="module")
-def test_images():
-    test = load_dataset(DataConfig(name="fashion_mnist", num_workers=0), "test", seed=0)
-    return torch.stack([test[i] for i in range(200)]).numpy(), test.labels.numpy()[:200]
+def test_images(fashion_test):
+    images, labels = fashion_test
+    return images[:200, None], labels[:200]
 
 
 @needs_fashion_mnist

@@ -61,7 +61,8 @@ def test_reflection_lets_generic_tools_discover_the_api(channel):
     descriptor = database.FindFileContainingSymbol("scan.v1.ScanService")
     assert descriptor.name == "scan/v1/scan.proto"
     assert [m.name for m in descriptor.service[0].method] == [
-        "ClassifyUnlabeled", "GetModelInfo", "GetPrototypes", "SetClusterNames"]
+        "ClassifyUnlabeled", "GetModelInfo", "GetPrototypes", "SetClusterNames", "SubmitImages", "StartFineTune",
+        "GetFineTuneJob", "ListFineTuneJobs", "CancelFineTuneJob"]
 
 
 def test_metrics_count_requests_clusters_and_confidence_and_pass_promtool(running, stub, tmp_path):
