@@ -99,7 +99,8 @@ class Gateway:
         return self._current
 
     def acquire(self) -> ServedVersion:
-        """The served version for one request; it keeps its backend until `release` even if replaced."""
+        """The served version for one request (call its `leave()` when done); it keeps its backend until then, even
+        if a switch replaces it meanwhile."""
         with self._swap:
             served = self._current
             served.enter()
