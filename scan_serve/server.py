@@ -161,6 +161,50 @@ class Gateway:
         self.current.retire()
 
 
+class Undecodable:
+    """Stands in for a request whose bytes are not a valid message (e.g. a string field that is not UTF-8)."""
+
+    def __init__(self, type_name: str, error: str) -> None:
+        self.message = (f"the request is not a valid {type_name} message ({error}); string fields such as image "
+                        "ids must be UTF-8")
+
+
+def _tolerant(message_class: Any) -> Callable[[bytes], Any]:
+    """A deserializer that hands the servicer an `Undecodable` instead of failing inside gRPC (which would
+    answer INTERNAL); the servicer answers INVALID_ARGUMENT with the reason."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others on malformed bytes
+            return Undecodable(message_class.DESCRIPTOR.full_name, f"{type(exc).__name__}: {exc}")
+
+    return parse
+
+
+def _checked(requests: Any) -> Any:
+    """The messages of a request stream, refusing an undecodable one."""
+    for request in requests:
+        if isinstance(request, Undecodable):
+            raise InvalidInput(request.message)
+        yield request
+
+
+def add_servicer(servicer: "ScanServicer", server: grpc.Server) -> None:
+    """Register every method of scan.v1.ScanService with tolerant deserializers (the generated
+    `add_ScanServiceServicer_to_server` would answer INTERNAL to a malformed request)."""
+    service = scan_pb2.DESCRIPTOR.services_by_name["ScanService"]
+    handlers = {}
+    for method in service.methods:
+        request_class = getattr(scan_pb2, method.input_type.name)
+        response_class = getattr(scan_pb2, method.output_type.name)
+        make = grpc.stream_unary_rpc_method_handler if method.client_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(getattr(servicer, method.name), request_deserializer=_tolerant(request_class),
+                                     response_serializer=response_class.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 def _observed(method: str) -> Callable:
     """Count and time an RPC by method and status; turn ServeErrors into status codes."""
 
@@ -169,6 +213,10 @@ def _observed(method: str) -> Callable:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if isinstance(request, Undecodable):
+                    raise InvalidInput(request.message)
+                if not hasattr(request, "DESCRIPTOR"):  # a client stream
+                    request = _checked(request)
                 return handler(self, request, context)
             except ServeError as exc:
                 code = exc.code
@@ -431,7 +479,7 @@ def create_server(settings: ServeSettings, log_line: Callable[[str], None] = pri
                ("grpc.so_reuseport", 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
                          interceptors=[OperatorAuth(settings.token, metrics)], options=options)
-    scan_pb2_grpc.add_ScanServiceServicer_to_server(ScanServicer(gateway), server)
+    add_servicer(ScanServicer(gateway), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
