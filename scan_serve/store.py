@@ -136,13 +136,19 @@ class ImageStore:
                                         "submission was stored") from exc
                     raise
             now = time.time()
-            db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany("INSERT OR IGNORE INTO images (sha256, bytes, source, added_at) VALUES (?, ?, ?, ?)",
-                               [(sha, len(data), source, now) for sha, (data, source) in new.items()])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.executemany("INSERT OR IGNORE INTO images (sha256, bytes, source, added_at) VALUES (?, ?, ?, ?)",
+                                   [(sha, len(data), source, now) for sha, (data, source) in new.items()])
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if "full" in str(exc):  # "database or disk is full": the files written above stay as orphans
+                    raise StoreFull(f"the disk holding the image store {self.root} is full; nothing of this "
+                                    "submission was stored") from exc
                 raise
             total = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
         return AddResult(stored=len(new), duplicates=len(items) - len(new), total=int(total))
