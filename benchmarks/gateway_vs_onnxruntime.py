@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import subprocess
 import sys
 import threading
@@ -33,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import command_line, machine  # noqa: E402
 from export.graph import onnx_session  # noqa: E402
 from export.repository import ModelRepository  # noqa: E402
+from scan_serve.process import spawn_gateway  # noqa: E402
 from scan_serve.proto import scan_pb2, scan_pb2_grpc  # noqa: E402
 from trainer.config import config_from_dict  # noqa: E402
 from trainer.data import load_dataset  # noqa: E402
@@ -71,19 +70,8 @@ def drive(call, batches: list, clients: int, seconds: float) -> dict:
 
 
 def start_gateway(repository: Path, model_name: str, threads: int) -> tuple[subprocess.Popen, int]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scan_serve.cli", "--repository", str(repository), "--model-name", model_name,
-         "--port", "0", "--no-metrics", "--threads", str(threads)], cwd=REPO, env=env, stderr=subprocess.PIPE,
-        text=True)
-    while True:
-        line = process.stderr.readline()
-        if not line:
-            raise SystemExit(f"scan-serve did not start (exit {process.wait()})")
-        match = re.search(r"on 127\.0\.0\.1:(\d+)", line)
-        if match:
-            threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
-            return process, int(match.group(1))
+    return spawn_gateway(["--repository", str(repository), "--model-name", model_name, "--port", "0",
+                          "--no-metrics", "--threads", str(threads)], env={"OMP_NUM_THREADS": str(threads)})
 
 
 def main() -> None:

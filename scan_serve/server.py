@@ -7,6 +7,8 @@ Every RPC is a method of `ScanServicer`; errors leave it as a status code and a 
 from __future__ import annotations
 
 import hmac
+import io
+import json
 import logging
 import signal
 import threading
@@ -17,18 +19,20 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from PIL import Image
 
 from export.repository import ModelRepository, ModelVersion
 from scan_serve.backends import Backend, OnnxRuntimeBackend, TritonBackend
 from scan_serve.errors import InvalidInput, ServeError, StartupError
 from scan_serve.inputs import InputLimits, check_request, prepare_image, prepare_images
 from scan_serve.jobs import JobManager
-from scan_serve.store import ImageStore
 from scan_serve.metrics import Metrics
 from scan_serve.model import NAMES_FILE, ClusterNames, ServedVersion, load_version
 from scan_serve.proto import scan_pb2, scan_pb2_grpc
+from scan_serve.store import ImageStore
 
 log = logging.getLogger("scan_serve")
 
@@ -393,11 +397,6 @@ def _stored_bytes(image: Any) -> bytes:
     """What the store keeps of a submitted image: encoded bytes as sent; raw pixels as a PNG (lossless)."""
     if image.WhichOneof("content") == "encoded":
         return bytes(image.encoded)
-    import io  # noqa: PLC0415
-
-    import numpy as np  # noqa: PLC0415
-    from PIL import Image  # noqa: PLC0415
-
     raw = image.raw
     pixels = np.frombuffer(raw.data, np.uint8).reshape(raw.channels, raw.height, raw.width)
     picture = Image.fromarray(pixels[0] if raw.channels == 1 else np.ascontiguousarray(pixels.transpose(1, 2, 0)))
@@ -407,8 +406,6 @@ def _stored_bytes(image: Any) -> bytes:
 
 
 def _job_message(job: dict[str, Any]) -> scan_pb2.FineTuneJob:
-    import json  # noqa: PLC0415
-
     return scan_pb2.FineTuneJob(
         id=job["id"], state=JOB_STATES[job["state"]], progress=job["progress"], message=job["message"],
         base_version=job["base_version"], new_version=job["new_version"] or 0, created_at=job["created_at"],

@@ -14,11 +14,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import re
 import signal
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from PIL import Image
@@ -27,22 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from scan_serve.client import ScanClient  # noqa: E402
+from scan_serve.process import spawn_gateway  # noqa: E402
 from trainer.config import DataConfig  # noqa: E402
 from trainer.data import load_dataset  # noqa: E402
-
-
-def start_server(repository: Path, model_name: str) -> tuple[subprocess.Popen, int]:
-    command = [sys.executable, "-m", "scan_serve.cli", "--repository", str(repository), "--model-name", model_name,
-               "--port", "0", "--metrics-port", "0"]
-    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
-    for line in process.stderr:
-        print(line, end="", file=sys.stderr)
-        match = re.search(r"on 127\.0\.0\.1:(\d+)", line)
-        if match:
-            threading.Thread(target=lambda: [print(x, end="", file=sys.stderr) for x in process.stderr],
-                             daemon=True).start()
-            return process, int(match.group(1))
-    raise SystemExit(f"scan-serve did not start (exit code {process.wait()})")
 
 
 def main() -> None:
@@ -61,7 +45,9 @@ def main() -> None:
         Image.fromarray(test[i][0].numpy()).save(buffer, format="PNG")
         pngs.append(buffer.getvalue())
 
-    process, port = start_server(args.repository, args.model_name)
+    process, port = spawn_gateway(["--repository", str(args.repository), "--model-name", args.model_name,
+                                   "--port", "0", "--metrics-port", "0"], echo=lambda line: print(line, end="",
+                                                                                               file=sys.stderr))
     try:
         with ScanClient(f"127.0.0.1:{port}") as client:
             info = client.model_info()

@@ -1,16 +1,12 @@
 """Over 200 generated malformed requests against a running scan-serve: each gets its status and a message,
 the server stays up, answers good requests in between, and its memory stays bounded."""
 
-import os
-import re
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import grpc
 import pytest
 
+from scan_serve.process import spawn_gateway
 from tests.serve.bad_inputs import corpus
 from tests.serve.conftest import EXAMPLE
 
@@ -26,18 +22,9 @@ def rss_mb(pid):
 
 @pytest.fixture(scope="module")
 def gateway():
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scan_serve.cli", "--repository", str(EXAMPLE), "--model-name", "fashion_mnist",
-         "--port", "0", "--no-metrics"], cwd=REPO, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "2"})
-    for line in process.stderr:
-        match = re.search(r"on 127\.0\.0\.1:(\d+)", line)
-        if match:
-            threading.Thread(target=process.stderr.read, daemon=True).start()
-            break
-    else:
-        raise AssertionError(f"scan-serve did not start ({process.wait()})")
-    channel = grpc.insecure_channel(f"127.0.0.1:{match.group(1)}", options=[("grpc.max_send_message_length", -1)])
+    process, port = spawn_gateway(["--repository", str(EXAMPLE), "--model-name", "fashion_mnist", "--port", "0",
+                                   "--no-metrics"], env={"OMP_NUM_THREADS": "2"})
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", -1)])
     yield process, channel
     channel.close()
     process.terminate()

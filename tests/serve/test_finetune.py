@@ -1,11 +1,8 @@
 """Incremental fine-tuning through the gateway: the store, jobs, the safety gate, version switches, faults."""
 
 import os
-import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +12,7 @@ import numpy as np
 import pytest
 
 from export.repository import ModelRepository
+from scan_serve.process import spawn_gateway
 from scan_serve.proto import scan_pb2, scan_pb2_grpc
 from scan_serve.store import ImageStore, StoreFull
 from tests.fmnist import needs_fashion_mnist
@@ -269,16 +267,9 @@ def test_a_gateway_killed_mid_job_restarts_with_its_images_and_job_records(fresh
     store = tmp_path / "store"
 
     def gateway():
-        process = subprocess.Popen(
-            [sys.executable, "-m", "scan_serve.cli", "--repository", str(repository), "--model-name", "fashion_mnist",
-             "--port", "0", "--no-metrics", "--store", str(store), "--token-file", str(token_file)],
-            cwd=REPO, stderr=subprocess.PIPE, text=True)
-        for line in process.stderr:
-            match = re.search(r"on 127\.0\.0\.1:(\d+)", line)
-            if match:
-                threading.Thread(target=process.stderr.read, daemon=True).start()
-                return process, grpc.insecure_channel(f"127.0.0.1:{match.group(1)}")
-        raise AssertionError(f"scan-serve did not start: {process.wait()}")
+        process, port = spawn_gateway(["--repository", str(repository), "--model-name", "fashion_mnist", "--port", "0",
+                                       "--no-metrics", "--store", str(store), "--token-file", str(token_file)])
+        return process, grpc.insecure_channel(f"127.0.0.1:{port}")
 
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)

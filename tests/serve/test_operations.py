@@ -1,8 +1,6 @@
 """What operators and tools see: health, reflection, metrics (promtool, a real Prometheus), TLS, shutdown."""
 
 import json
-import os
-import re
 import signal
 import socket
 import subprocess
@@ -18,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from scan_serve.process import spawn_gateway
 from scan_serve.proto import scan_pb2, scan_pb2_grpc
 from tests.serve.conftest import make_certificate, start
 from tests.serve.test_inputs import GOOD, encode
@@ -163,20 +162,11 @@ def big_request(count=96, side=2000):
 
 
 def test_sigterm_lets_the_in_flight_request_finish_then_exits_cleanly(repository):
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scan_serve.cli", "--repository", str(repository), "--model-name", "fashion_mnist",
-         "--port", "0", "--no-metrics", "--max-image-bytes", str(8 << 20)],
-        cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     lines = []
+    process, port = spawn_gateway(["--repository", str(repository), "--model-name", "fashion_mnist", "--port", "0",
+                                   "--no-metrics", "--max-image-bytes", str(8 << 20)], env={"OMP_NUM_THREADS": "2"},
+                                  echo=lines.append)
     try:
-        port = None
-        while port is None:
-            line = process.stderr.readline()
-            assert line, f"scan-serve exited: {''.join(lines)}"
-            lines.append(line)
-            match = re.search(r"on 127\.0\.0\.1:(\d+)", line)
-            port = int(match.group(1)) if match else None
         outcome = {}
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
             stub = scan_pb2_grpc.ScanServiceStub(ch)
@@ -200,8 +190,11 @@ def test_sigterm_lets_the_in_flight_request_finish_then_exits_cleanly(repository
         assert len(outcome["response"].results) == 96
         assert finished - started > 0.6  # it really was in flight when SIGTERM came
         assert process.wait(timeout=60) == 0
-        rest = process.stderr.read()
-        assert "SIGTERM: finishing in-flight requests" in rest and "stopped" in rest
+        deadline = time.monotonic() + 10
+        while "scan-serve: stopped\n" not in lines and time.monotonic() < deadline:  # the log reader catches up
+            time.sleep(0.05)
+        log = "".join(lines)
+        assert "SIGTERM: finishing in-flight requests" in log and "scan-serve: stopped" in log
     finally:
         if process.poll() is None:
             process.kill()
