@@ -29,18 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import command_line, machine  # noqa: E402
 from benchmarks.gateway_vs_onnxruntime import start_gateway  # noqa: E402
+from scan_serve.process import resident_mb  # noqa: E402
 from scan_serve.proto import scan_pb2, scan_pb2_grpc  # noqa: E402
 from trainer.config import DataConfig  # noqa: E402
 from trainer.data import load_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:
@@ -70,7 +64,7 @@ def main() -> None:
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = scan_pb2_grpc.ScanServiceStub(channel)
     stub.ClassifyUnlabeled(requests[0], timeout=30)
-    memory = {"start_mb": rss_mb(process.pid)}
+    memory = {"start_mb": resident_mb(process.pid)}
     latencies: list[list[float]] = [[] for _ in range(args.clients)]
     images = [0] * args.clients
     errors: Counter = Counter()
@@ -95,13 +89,13 @@ def main() -> None:
     for t in threads:
         t.start()
     time.sleep(args.seconds / 2)
-    memory["middle_mb"] = rss_mb(process.pid)
+    memory["middle_mb"] = resident_mb(process.pid)
     time.sleep(args.seconds / 2)
     stop.set()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - began
-    memory["end_mb"] = rss_mb(process.pid)
+    memory["end_mb"] = resident_mb(process.pid)
     channel.close()
     process.terminate()
     process.wait(timeout=60)

@@ -34,7 +34,7 @@ from trainer.data.base import TensorImageSet, iterate_batches, seeded_subset_ind
 from trainer.data.preprocess import ImageDecodeError, decode_image
 from trainer.device import configure_cpu_threads, resolve_device
 from trainer.embed import predict_images
-from trainer.health import CollapseGuard, Health, measure_health
+from trainer.health import CollapseGuard, measure_health
 from trainer.stages.common import load_stage_model, seed_epoch
 from trainer.stages.selflabel import train_selflabel_epoch
 
@@ -80,10 +80,6 @@ def load_stored_images(store: ImageStore, limit: int, channels: int, size: int) 
     return TensorImageSet(torch.stack(tensors), name="store", sources=sources)
 
 
-def _health(probs: np.ndarray, threshold: float, reference: np.ndarray, min_share: float) -> Health:
-    return measure_health(probs, threshold, reference, min_share)
-
-
 def run_job(store_root: Path, job_id: str, repository: Path, model_name: str, device_name: str = "cpu") -> str:
     """Run the job: it ends FAILED or REJECTED here, or "published" (the gateway then switches and marks it
     SUCCEEDED); returns that word."""
@@ -114,7 +110,7 @@ def run_job(store_root: Path, job_id: str, repository: Path, model_name: str, de
     model.to(device)
     start_probs, _ = predict_images(model, images, device)
     reference = start_probs[0].argmax(axis=1)
-    baseline = _health(start_probs[0], cfg.threshold, reference, min_share)
+    baseline = measure_health(start_probs[0], cfg.threshold, reference, min_share)
     guard = CollapseGuard(baseline, options["min_agreement"], cfg.guard_entropy_drop)
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     best_state, best = None, {"epoch": 0, "confident_fraction": baseline.confident_fraction}
@@ -129,7 +125,7 @@ def run_job(store_root: Path, job_id: str, repository: Path, model_name: str, de
         batches = iterate_batches(images, batch_size, order=order, drop_last=len(images) >= batch_size)
         metrics = train_selflabel_epoch(model, batches, weak, learn, optimizer, device, cfg)
         probs, _ = predict_images(model, images, device)
-        health = _health(probs[0], cfg.threshold, reference, min_share)
+        health = measure_health(probs[0], cfg.threshold, reference, min_share)
         problems = guard.problems(health)
         history.append({"epoch": epoch + 1, "loss": round(metrics["loss"], 5), "health": health.to_dict(),
                         "problems": problems})
@@ -146,7 +142,7 @@ def run_job(store_root: Path, job_id: str, repository: Path, model_name: str, de
 
     model.load_state_dict(best_state if best_state is not None else start_state)
     probs, embeddings = predict_images(model, images, device)
-    final = _health(probs[0], cfg.threshold, reference, min_share)
+    final = measure_health(probs[0], cfg.threshold, reference, min_share)
     failures = guard.rejects_as_final(final)
     if best_state is None:
         failures = (stop_problems or [f"no epoch raised the confident fraction above the served model's "

@@ -86,9 +86,15 @@ def _prepare_raw(raw: Any, where: str, channels: int, size: int, limits: InputLi
     pixels = np.frombuffer(raw.data, dtype=np.uint8).reshape(c, h, w)
     if c == channels and h == size and w == size:
         return pixels  # what to_uint8_chw returns for an image already in the model's mode and size
-    picture = Image.fromarray(pixels[0] if c == 1 else np.ascontiguousarray(pixels.transpose(1, 2, 0)),
-                              mode="L" if c == 1 else "RGB")
-    return to_uint8_chw(picture, size, channels).numpy()
+    return to_uint8_chw(raw_picture(raw), size, channels).numpy()
+
+
+def raw_picture(raw: Any) -> Image.Image:
+    """A checked `scan.v1.RawImage` (CHW uint8, 1 or 3 channels) as a PIL image (L or RGB)."""
+    pixels = np.frombuffer(raw.data, dtype=np.uint8).reshape(raw.channels, raw.height, raw.width)
+    if raw.channels == 1:
+        return Image.fromarray(pixels[0], mode="L")
+    return Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)), mode="RGB")
 
 
 def prepare_images(images: Sequence[Any], channels: int, size: int, limits: InputLimits) -> np.ndarray:

@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from scan_serve.process import REPO_ROOT
 from scan_serve.store import FINAL_STATES, ImageStore
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _is_finetune_process(pid: Optional[int]) -> bool:

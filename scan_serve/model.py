@@ -47,6 +47,8 @@ class ServedVersion:
             self.threshold = float(meta["confidence_threshold"])
         except (OSError, KeyError, ValueError, ExportError) as exc:
             raise StartupError(f"{version.path} is not a servable version ({type(exc).__name__}: {exc})") from exc
+        counts = np.bincount(self.prototypes.cluster, minlength=self.num_clusters)
+        self.prototypes_per_cluster = int(counts.max()) if len(counts) else 0
         self._inflight = 0
         self._retired = False
         self._state = threading.Condition()
@@ -82,10 +84,6 @@ class ServedVersion:
     def number(self) -> int:
         return self.version.version
 
-    @property
-    def prototypes_per_cluster(self) -> int:
-        counts = np.bincount(self.prototypes.cluster, minlength=self.num_clusters)
-        return int(counts.max()) if len(counts) else 0
 
     def predict(self, images: np.ndarray, top_k: int, observe_backend: Callable[[float], None]) -> Predictions:
         """`images (N, C, H, W)` uint8 -> predictions with the `top_k` nearest prototypes."""

@@ -41,3 +41,11 @@ def spawn_gateway(args: Sequence[str], env: Optional[dict[str, str]] = None,
             threading.Thread(target=drain, daemon=True).start()
             return process, int(match.group(1))
     raise RuntimeError(f"scan-serve exited with code {process.wait()} before serving:\n{''.join(lines)}")
+
+
+def resident_mb(pid: int) -> float:
+    """Resident memory of a process in MiB (VmRSS from /proc; Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/{pid}/status has no VmRSS")

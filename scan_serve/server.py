@@ -19,15 +19,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from PIL import Image
 
 from export.repository import ModelRepository, ModelVersion
 from scan_serve.backends import Backend, OnnxRuntimeBackend, TritonBackend
 from scan_serve.errors import InvalidInput, ServeError, StartupError
-from scan_serve.inputs import InputLimits, check_request, prepare_image, prepare_images
+from scan_serve.inputs import InputLimits, check_request, prepare_image, prepare_images, raw_picture
 from scan_serve.jobs import JobManager
 from scan_serve.metrics import Metrics
 from scan_serve.model import NAMES_FILE, ClusterNames, ServedVersion, load_version
@@ -397,11 +395,8 @@ def _stored_bytes(image: Any) -> bytes:
     """What the store keeps of a submitted image: encoded bytes as sent; raw pixels as a PNG (lossless)."""
     if image.WhichOneof("content") == "encoded":
         return bytes(image.encoded)
-    raw = image.raw
-    pixels = np.frombuffer(raw.data, np.uint8).reshape(raw.channels, raw.height, raw.width)
-    picture = Image.fromarray(pixels[0] if raw.channels == 1 else np.ascontiguousarray(pixels.transpose(1, 2, 0)))
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
+    raw_picture(image.raw).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

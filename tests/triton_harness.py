@@ -480,24 +480,14 @@ class TritonProcess:
 
     def stop(self, timeout: float = 20) -> None:
         """Graceful stop: SIGTERM, wait, then SIGKILL whatever is left; clean leaked /dev/shm."""
-        with self._lock:
-            proc = self._proc
-            if proc is None:
-                return
-            tree = _process_tree(proc.pid) if proc.poll() is None else []
-            shm = _shm_files_of([pid for pid, _ in tree])
-            self._tmp_leftovers |= _model_copies_of([pid for pid, _ in tree])
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=timeout)
-            # anything of that tree still alive (a hung tritonserver or stub) is killed
-            self._kill_pids(_alive(tree))
-            self._finish(proc, tree, shm)
+        self._end(grace=timeout)
 
     def kill(self) -> None:
         """Crash: SIGKILL the whole process tree at once (harness, tritonserver, python stub)."""
+        self._end(grace=None)
+
+    def _end(self, grace: float | None) -> None:
+        """SIGTERM and wait up to `grace` seconds first (None: no grace), then SIGKILL the tree and clean up."""
         with self._lock:
             proc = self._proc
             if proc is None:
@@ -505,6 +495,12 @@ class TritonProcess:
             tree = _process_tree(proc.pid) if proc.poll() is None else []
             shm = _shm_files_of([pid for pid, _ in tree])
             self._tmp_leftovers |= _model_copies_of([pid for pid, _ in tree])
+            if grace is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=grace)
+            # anything of that tree still alive (a hung tritonserver or stub) is killed
             self._kill_pids(_alive(tree))
             self._finish(proc, tree, shm)
 

@@ -6,18 +6,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from scan_serve.process import spawn_gateway
+from scan_serve.process import resident_mb, spawn_gateway
 from tests.serve.bad_inputs import corpus
 from tests.serve.conftest import EXAMPLE
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def rss_mb(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,7 @@ def test_every_malformed_request_gets_its_status_and_the_server_stays_up_with_bo
     good = scan_pb2.ClassifyRequest(images=[scan_pb2.Image(raw=scan_pb2.RawImage(
         data=bytes(range(256)) * 3 + bytes(16), channels=1, height=28, width=28))]).SerializeToString()
     classify(good, timeout=30)
-    before = rss_mb(process.pid)
+    before = resident_mb(process.pid)
     cases = corpus()
     assert len(cases) >= 200
     wrong = []
@@ -56,8 +49,8 @@ def test_every_malformed_request_gets_its_status_and_the_server_stays_up_with_bo
             if k % 25 == 0:
                 assert scan_pb2.ClassifyResponse.FromString(classify(good, timeout=30)).model_version == 1
         if round_ == 0:
-            after_first = rss_mb(process.pid)
-    after = rss_mb(process.pid)
+            after_first = resident_mb(process.pid)
+    after = resident_mb(process.pid)
     print(f"gateway RSS: {before:.0f} MB before, {after_first:.0f} MB after one round, {after:.0f} MB after two")
     assert wrong == [], "\n".join(wrong)
     assert process.poll() is None

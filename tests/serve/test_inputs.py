@@ -1,22 +1,18 @@
 """The gateway's preprocessing is the training preprocessing, and every input rule answers the right status."""
 
 import io
-import struct
-import zlib
 
 import grpc
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from scan_serve.errors import InvalidInput, OverLimit
 from scan_serve.inputs import InputLimits, prepare_image
 from scan_serve.proto import scan_pb2
 from tests.fmnist import needs_fashion_mnist
+from tests.serve.bad_inputs import png_bomb
 from tests.serve.conftest import start
-from trainer.config import DataConfig
-from trainer.data import load_dataset
 from trainer.data.folder import load_image_folder
 
 
@@ -26,22 +22,9 @@ def encode(array, fmt="PNG", **options):
     return buffer.getvalue()
 
 
-def png_bomb(width, height):
-    """A real PNG of width x height black gray pixels: a few hundred kB that decode to width*height bytes."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    compressor = zlib.compressobj(9)
-    row = bytes(width + 1)  # filter byte + pixels
-    body = b"".join(compressor.compress(row * 500) for _ in range(height // 500)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
-
-
 @pytest.fixture(scope="module")
-def fashion():
-    test = load_dataset(DataConfig(name="fashion_mnist", num_workers=0), "test", seed=0)
-    return torch.stack([test[i] for i in range(12)]).numpy()
+def fashion(fashion_test):
+    return fashion_test[0][:12, None]  # (12, 1, 28, 28)
 
 
 @needs_fashion_mnist
@@ -93,10 +76,10 @@ CASES = [
     ("text", [scan_pb2.Image(encoded=b"hello, world")], {}, grpc.StatusCode.INVALID_ARGUMENT, "not a recognised image"),
     ("1x1", [scan_pb2.Image(id="tiny", encoded=encode(np.zeros((1, 1), np.uint8)))], {},
      grpc.StatusCode.INVALID_ARGUMENT, "image 0 (id 'tiny'): image is 1x1 pixels, smaller than the minimum side of 8"),
-    ("20000x20000 PNG bomb", [scan_pb2.Image(id="bomb", encoded=png_bomb(20000, 20000))], {},
+    ("20000x20000 PNG bomb", [scan_pb2.Image(id="bomb", encoded=png_bomb(20000))], {},
      grpc.StatusCode.RESOURCE_EXHAUSTED, "image 0 (id 'bomb'): image too large (decompression bomb check): "
                                         "Image size (400000000 pixels)"),
-    ("5000x5000 over the pixel limit", [scan_pb2.Image(id="big", encoded=png_bomb(5000, 5000))], {},
+    ("5000x5000 over the pixel limit", [scan_pb2.Image(id="big", encoded=png_bomb(5000))], {},
      grpc.StatusCode.RESOURCE_EXHAUSTED, "image 0 (id 'big'): image is 5000x5000 = 25000000 pixels, more than the "
                                         "limit of 4194304 pixels"),
     ("raw size mismatch", [raw_image(data=bytes(700))], {}, grpc.StatusCode.INVALID_ARGUMENT,
