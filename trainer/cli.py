@@ -8,6 +8,7 @@ import click
 
 from trainer.config import load_config
 from trainer.device import configure_cpu_threads, resolve_device
+from trainer.distributed import SINGLE, Distributed, init_distributed, shutdown
 from trainer.errors import TrainerError
 from trainer.pipeline import ORDER, run_pipeline
 
@@ -19,23 +20,42 @@ from trainer.pipeline import ORDER, run_pipeline
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. --set pretext.epochs=20 (repeatable).")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
-def main(config: str, output: str, stage: str | None, device: str, overrides: tuple[str, ...], progress: bool | None) -> None:
-    """Train SCAN on the images described by CONFIG (a YAML preset from configs/), writing RUN_DIR."""
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads per process (default: $OMP_NUM_THREADS, else all cores; under torchrun the cores "
+                   "divided among the processes of the node).")
+def main(
+    config: str, output: str, stage: str | None, device: str, overrides: tuple[str, ...], progress: bool | None,
+    threads: int | None,
+) -> None:
+    """Train SCAN on the images described by CONFIG (a YAML preset from configs/), writing RUN_DIR.
+
+    Several processes: `torchrun --no-python --nproc_per_node N scan-train CONFIG -o RUN_DIR`
+    (NCCL, one GPU each, or gloo on CPU); batch sizes in CONFIG are global batches.
+    """
     if progress is None:
         progress = sys.stderr.isatty()
+    dist = SINGLE
     try:
         run_config = load_config(config, list(overrides))
-        torch_device = resolve_device(device)
+        dist, torch_device = init_distributed(resolve_device(device))
         if torch_device.type == "cpu":
-            configure_cpu_threads()
-        report = run_pipeline(run_config, output, torch_device, stage=stage, progress=progress)
+            configure_cpu_threads(threads, dist.local_world_size)
+        report = run_pipeline(run_config, output, torch_device, stage=stage, progress=progress, dist=dist)
     except TrainerError as exc:
-        click.echo(f"scan-train: error: {exc}", err=True)
+        click.echo(f"scan-train: error{_rank_of(dist)}: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        click.echo(f"scan-train: interrupted; run the same command again to resume from {output}", err=True)
+        if dist.is_main:
+            click.echo(f"scan-train: interrupted; run the same command again to resume from {output}", err=True)
         sys.exit(130)
-    click.echo(final_summary(report, output))
+    finally:
+        shutdown(dist)
+    if dist.is_main:
+        click.echo(final_summary(report, output))
+
+
+def _rank_of(dist: Distributed) -> str:
+    return f" (rank {dist.rank})" if dist.enabled else ""
 
 
 def final_summary(report: dict, output: str) -> str:

@@ -39,8 +39,18 @@ def use_channels_last(device: torch.device, setting: bool | None) -> bool:
     return device.type == "cuda" if setting is None else setting
 
 
-def configure_cpu_threads() -> int:
-    """Use every core for intra-op work unless the user set OMP_NUM_THREADS; returns the count."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(os.cpu_count() or 1)
+def configure_cpu_threads(threads: int | None = None, processes_on_node: int = 1) -> int:
+    """Set the intra-op thread count; returns it.
+
+    `threads` when given; else, for one process, $OMP_NUM_THREADS when set and every core
+    otherwise; for several processes on this node (torchrun, which sets OMP_NUM_THREADS=1
+    unless told otherwise) the cores divided evenly among them.
+    """
+    if threads is None:
+        if processes_on_node > 1:
+            threads = max(1, (os.cpu_count() or 1) // processes_on_node)
+        elif "OMP_NUM_THREADS" not in os.environ:
+            threads = os.cpu_count() or 1
+    if threads is not None:
+        torch.set_num_threads(threads)
     return torch.get_num_threads()

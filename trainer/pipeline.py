@@ -1,4 +1,9 @@
-"""The stages in order, each skipped when finished and resumed when interrupted."""
+"""The stages in order, each skipped when finished and resumed when interrupted.
+
+Under torchrun every rank runs the training stages together; rank 0 alone mines the
+neighbors (once) and writes the run directory, and the ranks meet at a barrier after
+every stage.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from trainer.config import RunConfig
+from trainer.distributed import SINGLE, Distributed
 from trainer.errors import CheckpointError
 from trainer.rundir import RunDir
 from trainer.stages.neighbors import STAGE as NEIGHBORS, run_neighbors
@@ -15,10 +21,11 @@ from trainer.stages.pretext import STAGE as PRETEXT, run_pretext
 from trainer.stages.scan import STAGE as SCAN, run_scan
 from trainer.stages.selflabel import STAGE as SELFLABEL, run_selflabel
 
-StageFn = Callable[[RunConfig, RunDir, torch.device, bool], dict[str, Any]]
+StageFn = Callable[..., dict[str, Any]]
 
 STAGES: dict[str, StageFn] = {PRETEXT: run_pretext, NEIGHBORS: run_neighbors, SCAN: run_scan, SELFLABEL: run_selflabel}
 ORDER = list(STAGES)
+MAIN_ONLY = {NEIGHBORS}  # stages rank 0 runs alone while the other ranks wait
 
 
 def run_pipeline(
@@ -28,30 +35,49 @@ def run_pipeline(
     stage: Optional[str] = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    dist: Distributed = SINGLE,
 ) -> dict[str, Any]:
     """Run every unfinished stage (or only `stage`, whose predecessors must be done); return the report."""
     run = RunDir(output)
-    run.bind_config(config)
+    if dist.is_main:
+        run.bind_config(config)
+    else:
+        log = _quiet
+    dist.barrier()
+    dist.check_shared(run.config_path)
     wanted = ORDER if stage is None else [stage]
     if stage is not None:
         missing = [s for s in ORDER[: ORDER.index(stage)] if not run.stage_done(s)]
         if missing:
             raise CheckpointError(f"--stage {stage} needs the {', '.join(missing)} stage(s) done first in {run.path}")
-    run.update_report(
-        "environment",
-        {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-         "threads": torch.get_num_threads()},
-    )
+    if dist.is_main:
+        run.update_report(
+            "environment",
+            {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+             "threads": torch.get_num_threads(), **dist.describe()},
+        )
     for name in wanted:
         if run.stage_done(name):
             log(f"{name}: already done in {run.path}, skipping")
             continue
-        log(f"{name}: running on {device}")
-        entry = STAGES[name](config, run, device, progress)
-        run.update_report(name, entry)
-        log(f"{name}: done ({_summary(entry)})")
-    _record_final(run)
+        where = f"{device}" if not dist.enabled else f"{dist.world_size} processes ({dist.backend}, rank 0 on {device})"
+        if name in MAIN_ONLY and dist.enabled:
+            where = f"rank 0 ({device}) while the other ranks wait"
+        log(f"{name}: running on {where}")
+        if dist.is_main or name not in MAIN_ONLY:
+            entry = STAGES[name](config, run, device, progress and dist.is_main, dist)
+            if dist.is_main:
+                run.update_report(name, entry)
+                log(f"{name}: done ({_summary(entry)})")
+        dist.barrier()
+    if dist.is_main:
+        _record_final(run)
+    dist.barrier()
     return run.read_report()
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 def _record_final(run: RunDir) -> None:

@@ -14,13 +14,14 @@ from trainer.atomic import atomic_torch_save
 from trainer.rundir import load_checkpoint
 
 
-def seed_epoch(seed: int, epoch: int) -> torch.Generator:
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
     """Seed this epoch's augmentation randomness; return the generator for its data order.
 
     Everything random in an epoch derives from (seed, epoch), so a resumed run repeats
-    the interrupted epoch exactly.
+    the interrupted epoch exactly. Under torchrun every rank draws the same data order
+    (the generator ignores `rank`) but its own augmentations.
     """
-    torch.manual_seed(seed * 100_003 + epoch)
+    torch.manual_seed(seed * 100_003 + epoch + rank * 1_000_003)
     return torch.Generator().manual_seed(seed * 7_919 + epoch)
 
 
@@ -51,9 +52,13 @@ def load_stage_model(path: Path, expected_fingerprint: Optional[str] = None) -> 
 
 
 def resume(
-    path: Path, model: ScanModel, optimizer: torch.optim.Optimizer, fingerprint: str, stage: str
+    path: Path, model: ScanModel, optimizer: torch.optim.Optimizer, fingerprint: str, stage: str,
+    announce: bool = True,
 ) -> tuple[int, float, dict[str, Any]]:
-    """Load `path` into model and optimizer if it exists: `(next epoch, elapsed seconds, state)`."""
+    """Load `path` into model and optimizer if it exists: `(next epoch, elapsed seconds, state)`.
+
+    Under torchrun every rank loads the same file, so all resume from the same epoch.
+    """
     if not path.exists():
         return 0, 0.0, {}
     state = load_checkpoint(path)
@@ -63,7 +68,8 @@ def resume(
         raise CheckpointError(f"{path} holds another architecture; use a new --output")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    print(f"{stage}: resuming after epoch {state['epoch']}", flush=True)
+    if announce:
+        print(f"{stage}: resuming after epoch {state['epoch']}", flush=True)
     return state["epoch"], state["elapsed"], state
 
 

@@ -19,6 +19,7 @@ from trainer.embed import embed_images
 from trainer.evaluate import cluster_metrics, neighbor_purity
 from trainer.neighbors import assign, kmeans, mine_neighbors, resolve_faiss_gpu
 from trainer.atomic import atomic_save_npy
+from trainer.distributed import SINGLE, Distributed
 from trainer.rundir import RunDir
 from trainer.stages.common import load_stage_model
 from trainer.stages.pretext import STAGE as PRETEXT
@@ -26,7 +27,12 @@ from trainer.stages.pretext import STAGE as PRETEXT
 STAGE = "neighbors"
 
 
-def run_neighbors(config: RunConfig, run: RunDir, device: torch.device, progress: bool = True) -> dict[str, Any]:
+def run_neighbors(
+    config: RunConfig, run: RunDir, device: torch.device, progress: bool = True, dist: Distributed = SINGLE
+) -> dict[str, Any]:
+    """Embed and mine once. Under torchrun only rank 0 calls this (the pipeline sees to it)."""
+    if not dist.is_main:
+        raise RuntimeError("the neighbors stage runs on rank 0 alone")
     cfg = config.neighbors
     started = time.perf_counter()
     model_path = run.stage_dir(PRETEXT) / "model.pt"

@@ -21,6 +21,7 @@ from trainer.config import PretextConfig, RunConfig
 from trainer.data import dataset_stats, load_dataset
 from trainer.data.base import ImageSet, iterate_batches
 from trainer.device import autocast, use_channels_last
+from trainer.distributed import SINGLE, Distributed
 from trainer.errors import TrainerError
 from trainer.losses import nt_xent
 from trainer.models.scan_model import ScanModel
@@ -52,10 +53,13 @@ def train_one_epoch(
     channels_last: bool = False,
     progress: Optional[tqdm] = None,
     project: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    dist: Distributed = SINGLE,
 ) -> dict[str, float]:
     """One pass over `batches` of uint8 images `(B, C, H, W)`; returns averaged metrics.
 
-    `project` replaces `model.project` (e.g. a torch.compile'd version of it).
+    `project` replaces `model.project` (e.g. a torch.compile'd or DistributedDataParallel
+    version of it). Under torchrun `batches` hold this rank's share of each global batch and
+    the loss is NT-Xent over the gathered global batch (every rank's views are negatives).
     Raises TrainerError on a non-finite loss rather than training on garbage.
     """
     project = project or model.project
@@ -72,14 +76,14 @@ def train_one_epoch(
         with autocast(device):
             z = project(views)
         z1, z2 = z.float().chunk(2)
-        loss = nt_xent(z1, z2, temperature)
+        loss = nt_xent(dist.gather(z1), dist.gather(z2), temperature)
         if not torch.isfinite(loss):
             raise TrainerError(f"pretext: the loss became {loss.item()} at step {step}; lower pretext.lr and restart")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         step += 1
-        batch = images.shape[0]
+        batch = images.shape[0] * dist.world_size
         total_loss += loss.item() * batch
         seen += batch
         if progress is not None:
@@ -115,8 +119,14 @@ def build_pretext_model(config: RunConfig, train: ImageSet) -> ScanModel:
     return ScanModel.from_config(config.model, in_channels=train.channels, mean=mean, std=std)
 
 
-def run_pretext(config: RunConfig, run: RunDir, device: torch.device, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) the pretext model; returns the report entry. Writes pretext/model.pt."""
+def run_pretext(
+    config: RunConfig, run: RunDir, device: torch.device, progress: bool = True, dist: Distributed = SINGLE
+) -> dict[str, Any]:
+    """Train (or resume) the pretext model; returns the report entry. Writes pretext/model.pt.
+
+    Under torchrun every rank trains on its share of each global batch (`pretext.batch_size`
+    is the global batch); rank 0 alone writes, and the other ranks return an empty entry.
+    """
     cfg = config.pretext
     stage_dir = run.stage_dir(STAGE)
     checkpoint_path, model_path = stage_dir / "checkpoint.pt", stage_dir / "model.pt"
@@ -127,29 +137,33 @@ def run_pretext(config: RunConfig, run: RunDir, device: torch.device, progress: 
         raise TrainerError(f"pretext: the training set has {len(train)} image(s); SimCLR needs at least 2")
     fingerprint = train.fingerprint()
     batch_size = min(cfg.batch_size, len(train))
+    local_batch = dist.local_batch(batch_size, "pretext.batch_size")
     steps_per_epoch = len(train) // batch_size
     total_steps = steps_per_epoch * cfg.epochs
 
     # networks (initialised from the seed, so a run is reproducible)
     torch.manual_seed(config.seed)
-    model = build_pretext_model(config, train)
+    model = dist.prepare(build_pretext_model(config, train))
     channels_last = use_channels_last(device, cfg.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     augment = build_augment("simclr", train.image_size, train.channels, config.augment).to(device)
     optimizer = build_optimizer(model, cfg)
-    project = torch.compile(model.project) if cfg.compile else model.project
 
-    # resume
-    start_epoch, elapsed, _ = resume(checkpoint_path, model, optimizer, fingerprint, STAGE)
+    # resume (every rank loads the same checkpoint), then wrap for DistributedDataParallel
+    start_epoch, elapsed, _ = resume(checkpoint_path, model, optimizer, fingerprint, STAGE, dist.is_main)
+    project = dist.parallel(model, ScanModel.project)
+    if cfg.compile:
+        project = torch.compile(project)
 
     def lr_at(step: int) -> float:
         return cosine_lr(step, total_steps, cfg.lr, cfg.lr_decay_rate, cfg.warmup_epochs * steps_per_epoch)
 
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.epochs):
-        order = torch.randperm(len(train), generator=seed_epoch(config.seed, epoch))
+        order = torch.randperm(len(train), generator=seed_epoch(config.seed, epoch, dist.rank))
         batches = iterate_batches(
-            train, batch_size, order=order, drop_last=True, num_workers=config.data.num_workers
+            train, local_batch, order=dist.shard(order, batch_size), drop_last=True,
+            num_workers=config.data.num_workers,
         )
         bar = tqdm(
             total=steps_per_epoch * batch_size,
@@ -161,9 +175,11 @@ def run_pretext(config: RunConfig, run: RunDir, device: torch.device, progress: 
         with bar:
             metrics = train_one_epoch(
                 model, batches, augment, optimizer, lr_at, epoch * steps_per_epoch, device,
-                cfg.temperature, channels_last, bar, project,
+                cfg.temperature, channels_last, bar, project, dist,
             )
         elapsed += metrics["seconds"]
+        if not dist.is_main:
+            continue
         run.log_metrics(STAGE, epoch + 1, metrics)
         print(
             f"pretext epoch {epoch + 1}/{cfg.epochs}: loss {metrics['loss']:.4f}, "
@@ -172,6 +188,8 @@ def run_pretext(config: RunConfig, run: RunDir, device: torch.device, progress: 
         )
         save_epoch(checkpoint_path, model, config, fingerprint, optimizer, epoch + 1, elapsed)
 
+    if not dist.is_main:
+        return {}
     final = finish(checkpoint_path, model_path)
     logged = run.read_metrics(STAGE)  # the last epoch may have run before a resume
     last = logged[-1] if logged else metrics

@@ -8,8 +8,9 @@ where labels exist, each head's test ACC (for diagnosis only: selection never se
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from trainer.config import RunConfig
 from trainer.data import load_dataset
 from trainer.data.base import ImageSet, TensorImageSet
 from trainer.device import autocast
+from trainer.distributed import SINGLE, Distributed
 from trainer.embed import embed_images, predict_images
 from trainer.errors import CheckpointError, TrainerError
 from trainer.losses import scan_loss
@@ -54,16 +56,22 @@ def pair_batches(
     batch_size: int,
     generator: torch.Generator,
     num_workers: int = 0,
+    dist: Distributed = SINGLE,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of `(anchors, one random mined neighbor of each)`, in a random order.
 
     `source` is an in-memory tensor indexed by sample (uint8 images or cached features) or
-    a lazily decoded ImageSet (decoded in `num_workers` DataLoader workers).
+    a lazily decoded ImageSet (decoded in `num_workers` DataLoader workers). Under torchrun
+    every rank draws the same order and partners and yields its share of each global batch.
     """
     n, k = neighbors.shape
     order = torch.randperm(n, generator=generator)
     partner = neighbors[torch.arange(n), torch.randint(k, (n,), generator=generator)]
-    stop = (n // batch_size) * batch_size if n >= batch_size else n
+    if dist.enabled:
+        order, batch_size = dist.shard(order, batch_size), dist.local_batch(batch_size, "scan.batch_size")
+        stop = len(order)
+    else:
+        stop = (n // batch_size) * batch_size if n >= batch_size else n
     if isinstance(source, torch.Tensor):
         for start in range(0, stop, batch_size):
             idx = order[start : start + batch_size]
@@ -76,6 +84,20 @@ def pair_batches(
 # ---------------------------------------------------------------- one epoch
 
 
+def scan_logits(model: ScanModel, x: torch.Tensor, head_only: bool = False, cached: bool = False) -> torch.Tensor:
+    """Cluster logits `(H, N, C)` of [0, 1] images `x`, or of backbone features `x (N, D)` when `cached`.
+
+    With `head_only` the backbone runs without gradient (it is frozen).
+    """
+    if cached:
+        features = x.float()
+    else:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not head_only), autocast(x.device):
+            features = model.features(x)
+    with autocast(x.device):
+        return model.cluster_logits_from_features(features.detach() if head_only else features)
+
+
 def train_scan_epoch(
     model: ScanModel,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -86,13 +108,20 @@ def train_scan_epoch(
     head_only: bool = False,
     cached_features: bool = False,
     progress: Optional[tqdm] = None,
+    logits_of: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    dist: Distributed = SINGLE,
 ) -> dict[str, Any]:
     """One pass of SCAN over anchor/neighbor batches; returns averaged metrics, per head too.
 
     Batches hold uint8 images `(B, C, H, W)` (augmented by `augment`, or just scaled when it
     is None), or backbone features `(B, D)` when `cached_features`. Every head's loss is
     summed into one backward pass: the heads share the backbone and train independently.
+    `logits_of` replaces `scan_logits` on `model` (under torchrun, its DistributedDataParallel
+    form); the loss then covers the gathered global batch, so the entropy term is the entropy
+    of the global batch's mean prediction.
     """
+    if logits_of is None:
+        logits_of = functools.partial(scan_logits, model, head_only=head_only, cached=cached_features)
     model.train()
     if head_only:
         model.backbone.eval()  # frozen backbone: BatchNorm statistics stay as pretext left them
@@ -102,19 +131,17 @@ def train_scan_epoch(
     for anchors, neighbors in batches:
         b = anchors.shape[0]
         anchors, neighbors = anchors.to(device, non_blocking=True), neighbors.to(device, non_blocking=True)
-        if cached_features:
-            features = torch.cat([anchors, neighbors]).float()
-        else:
-            with torch.no_grad():
-                if augment is not None:
-                    x = torch.cat([augment(anchors), augment(neighbors)])
-                else:
-                    x = torch.cat([anchors, neighbors]).float().div_(255)
-            with torch.set_grad_enabled(not head_only), autocast(device):
-                features = model.features(x)
-        with autocast(device):
-            logits = model.cluster_logits_from_features(features.detach() if head_only else features)
-        parts = [scan_loss(logits[h, :b], logits[h, b:], entropy_weight) for h in range(num_heads)]
+        with torch.no_grad():
+            if cached_features:
+                x = torch.cat([anchors, neighbors])
+            elif augment is not None:
+                x = torch.cat([augment(anchors), augment(neighbors)])
+            else:
+                x = torch.cat([anchors, neighbors]).float().div_(255)
+        logits = logits_of(x)
+        anchor_logits, neighbor_logits = dist.gather(logits[:, :b], dim=1), dist.gather(logits[:, b:], dim=1)
+        parts = [scan_loss(anchor_logits[h], neighbor_logits[h], entropy_weight) for h in range(num_heads)]
+        b *= dist.world_size
         loss = torch.stack([total for total, _, _ in parts]).sum()
         if not torch.isfinite(loss):
             raise TrainerError(f"scan: the loss became {loss.item()}; lower scan.lr and restart")
@@ -167,8 +194,14 @@ def select_head(losses: list[dict[str, float]]) -> int:
 # ---------------------------------------------------------------- the stage
 
 
-def run_scan(config: RunConfig, run: RunDir, device: torch.device, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) the SCAN heads; select one; summarize. Writes scan/model.pt."""
+def run_scan(
+    config: RunConfig, run: RunDir, device: torch.device, progress: bool = True, dist: Distributed = SINGLE
+) -> dict[str, Any]:
+    """Train (or resume) the SCAN heads; select one; summarize. Writes scan/model.pt.
+
+    Under torchrun every rank trains on its share of each global batch; rank 0 alone writes,
+    selects the head and summarizes, and the other ranks return an empty entry.
+    """
     cfg = config.scan
     stage_dir = run.stage_dir(STAGE)
     checkpoint_path, model_path = stage_dir / "checkpoint.pt", stage_dir / "model.pt"
@@ -185,12 +218,14 @@ def run_scan(config: RunConfig, run: RunDir, device: torch.device, progress: boo
         raise CheckpointError(f"{neighbors_path} has {neighbors_np.shape[0]} rows for {len(train)} images")
     neighbors = torch.from_numpy(neighbors_np)
     batch_size = min(cfg.batch_size, len(train))
+    dist.local_batch(batch_size, "scan.batch_size")  # refuse an uneven split before any work
 
     # networks: the pretext backbone plus fresh heads, initialised from the seed
     model, _ = load_stage_model(run.stage_dir(PRETEXT) / "model.pt", expected_fingerprint=fingerprint)
     model.drop_projection_head()
     torch.manual_seed(config.seed)
     model.add_cluster_heads(cfg.num_clusters, cfg.num_heads)
+    dist.prepare(model)
     model.to(device)
     head_only = cfg.update == "head"
     if head_only:
@@ -201,7 +236,8 @@ def run_scan(config: RunConfig, run: RunDir, device: torch.device, progress: boo
     augment = None if cfg.augment == "none" else build_augment(
         cfg.augment, train.image_size, train.channels, config.augment).to(device)
 
-    start_epoch, elapsed, _ = resume(checkpoint_path, model, optimizer, fingerprint, STAGE)
+    start_epoch, elapsed, _ = resume(checkpoint_path, model, optimizer, fingerprint, STAGE, dist.is_main)
+    logits_of = dist.parallel(model, functools.partial(scan_logits, head_only=head_only, cached=cached))
     source: torch.Tensor | ImageSet
     if cached:
         source = torch.from_numpy(embed_images(model, train, device, "raw", config.neighbors.batch_size,
@@ -210,19 +246,23 @@ def run_scan(config: RunConfig, run: RunDir, device: torch.device, progress: boo
         source = train.images if isinstance(train, TensorImageSet) else train
 
     for epoch in range(start_epoch, cfg.epochs):
-        generator = seed_epoch(config.seed, epoch)
-        batches = pair_batches(source, neighbors, batch_size, generator, config.data.num_workers)
+        generator = seed_epoch(config.seed, epoch, dist.rank)
+        batches = pair_batches(source, neighbors, batch_size, generator, config.data.num_workers, dist)
         with tqdm(total=(len(train) // batch_size) * batch_size, desc=f"scan {epoch + 1}/{cfg.epochs}", unit="img",
                   disable=not progress, leave=False) as bar:
             metrics = train_scan_epoch(model, batches, optimizer, device, cfg.entropy_weight, augment, head_only,
-                                       cached, bar)
+                                       cached, bar, logits_of, dist)
         elapsed += metrics["seconds"]
+        if not dist.is_main:
+            continue
         run.log_metrics(STAGE, epoch + 1, metrics)
         print(f"scan epoch {epoch + 1}/{cfg.epochs}: loss {metrics['loss']:.4f} (consistency "
               f"{metrics['consistency']:.3f}, entropy {metrics['entropy']:.3f}), {metrics['images_per_s']:.0f} img/s",
               flush=True)
         save_epoch(checkpoint_path, model, config, fingerprint, optimizer, epoch + 1, elapsed)
 
+    if not dist.is_main:
+        return {}
     # select the head on the training images, label-free
     eval_started = time.perf_counter()
     model.load_state_dict(load_checkpoint(checkpoint_path)["model"])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from tqdm import tqdm
@@ -24,6 +24,7 @@ from trainer.config import RunConfig, SelfLabelConfig
 from trainer.data import load_dataset
 from trainer.data.base import iterate_batches
 from trainer.device import autocast
+from trainer.distributed import SINGLE, Distributed
 from trainer.embed import predict_images
 from trainer.errors import TrainerError
 from trainer.health import CollapseGuard
@@ -64,8 +65,16 @@ def train_selflabel_epoch(
     cfg: SelfLabelConfig,
     ema: Optional[EMA] = None,
     progress: Optional[tqdm] = None,
+    logits_of: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    dist: Distributed = SINGLE,
 ) -> dict[str, float]:
-    """One pass: pseudo-labels from `weak` views (no gradient), cross entropy on `learn` views (strong or weak)."""
+    """One pass: pseudo-labels from `weak` views (no gradient), cross entropy on `learn` views (strong or weak).
+
+    `logits_of` replaces `model.cluster_logits` for the learned views (under torchrun, its
+    DistributedDataParallel form); the loss then covers the gathered global batch, so the
+    confidence mask and the class-balancing weights are those of the global batch.
+    """
+    logits_of = logits_of or model.cluster_logits
     model.train()
     if cfg.update == "head":
         model.backbone.eval()
@@ -81,8 +90,9 @@ def train_selflabel_epoch(
             if cfg.update == "head":
                 model.backbone.eval()
         with autocast(device):
-            learn_logits = model.cluster_logits(learn_views)[0]
-        loss, fraction = selflabel_loss(weak_logits, learn_logits, cfg.threshold, cfg.class_balance)
+            learn_logits = logits_of(learn_views)[0]
+        loss, fraction = selflabel_loss(dist.gather(weak_logits), dist.gather(learn_logits), cfg.threshold,
+                                        cfg.class_balance)
         if not torch.isfinite(loss):
             raise TrainerError(f"selflabel: the loss became {loss.item()}; lower selflabel.lr and restart")
         optimizer.zero_grad(set_to_none=True)
@@ -90,7 +100,7 @@ def train_selflabel_epoch(
         optimizer.step()
         if ema is not None:
             ema.update(model)
-        b = images.shape[0]
+        b = images.shape[0] * dist.world_size
         total += loss.item() * b
         masked += fraction.item() * b
         seen += b
@@ -104,8 +114,15 @@ def train_selflabel_epoch(
             "images_per_s": seen / seconds}
 
 
-def run_selflabel(config: RunConfig, run: RunDir, device: torch.device, progress: bool = True) -> dict[str, Any]:
-    """Self-label from the SCAN model under the collapse guard. Writes selflabel/model.pt."""
+def run_selflabel(
+    config: RunConfig, run: RunDir, device: torch.device, progress: bool = True, dist: Distributed = SINGLE
+) -> dict[str, Any]:
+    """Self-label from the SCAN model under the collapse guard. Writes selflabel/model.pt.
+
+    Under torchrun every rank trains on its share of each global batch; rank 0 alone measures
+    health, applies the guard (its verdict is broadcast), writes and summarizes, and the other
+    ranks return an empty entry.
+    """
     cfg = config.selflabel
     stage_dir = run.stage_dir(STAGE)
     checkpoint_path, best_path, model_path = (stage_dir / n for n in ("checkpoint.pt", "best.pt", "model.pt"))
@@ -117,6 +134,7 @@ def run_selflabel(config: RunConfig, run: RunDir, device: torch.device, progress
     test = load_dataset(config.data, "test", seed=config.seed)
     fingerprint = train.fingerprint()
     batch_size = min(cfg.batch_size, len(train))
+    local_batch = dist.local_batch(batch_size, "selflabel.batch_size")
     workers, eval_batch = config.data.num_workers, config.neighbors.batch_size
 
     # the starting point: the SCAN model with its chosen head, and its health
@@ -124,11 +142,15 @@ def run_selflabel(config: RunConfig, run: RunDir, device: torch.device, progress
     if "chosen_head" not in scan_state:
         raise TrainerError(f"{run.stage_dir(SCAN) / 'model.pt'} has no chosen head: rerun the scan stage")
     model.keep_head(scan_state["chosen_head"])
+    dist.prepare(model)
     model.to(device)
-    start_probs, _ = predict_images(model, train, device, eval_batch, workers, progress)
-    reference = start_probs[0].argmax(axis=1)
-    baseline = health_of(start_probs[0], config, reference)
-    guard = CollapseGuard(baseline, cfg.guard_min_agreement, cfg.guard_entropy_drop)
+    baseline_confident = None
+    if dist.is_main:
+        start_probs, _ = predict_images(model, train, device, eval_batch, workers, progress)
+        reference = start_probs[0].argmax(axis=1)
+        baseline = health_of(start_probs[0], config, reference)
+        guard = CollapseGuard(baseline, cfg.guard_min_agreement, cfg.guard_entropy_drop)
+        baseline_confident = baseline.confident_fraction
     start_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     if cfg.update == "head":
@@ -137,22 +159,27 @@ def run_selflabel(config: RunConfig, run: RunDir, device: torch.device, progress
                                  weight_decay=cfg.weight_decay)
     weak = build_augment("weak", train.image_size, train.channels, config.augment).to(device)
     learn = build_augment(cfg.augment, train.image_size, train.channels, config.augment).to(device)
-    start_epoch, elapsed, state = resume(checkpoint_path, model, optimizer, fingerprint, STAGE)
+    start_epoch, elapsed, state = resume(checkpoint_path, model, optimizer, fingerprint, STAGE, dist.is_main)
+    learn_logits_of = dist.parallel(model, ScanModel.cluster_logits)
     ema = EMA(model, cfg.ema) if cfg.ema else None
     if ema is not None and "ema" in state:
         ema.model.load_state_dict(state["ema"])
-    best = state.get("best", {"epoch": 0, "confident_fraction": baseline.confident_fraction})
+    best = state.get("best", {"epoch": 0, "confident_fraction": baseline_confident})
     stop_reason: Optional[str] = state.get("stop_reason")
 
     epoch = start_epoch
     while stop_reason is None and epoch < cfg.epochs:
-        order = torch.randperm(len(train), generator=seed_epoch(config.seed, epoch))
-        batches = iterate_batches(train, batch_size, order=order, drop_last=len(train) >= batch_size,
+        order = torch.randperm(len(train), generator=seed_epoch(config.seed, epoch, dist.rank))
+        batches = iterate_batches(train, local_batch, order=dist.shard(order, batch_size), drop_last=True,
                                   num_workers=workers)
         with tqdm(total=len(train), desc=f"selflabel {epoch + 1}/{cfg.epochs}", unit="img", disable=not progress,
                   leave=False) as bar:
-            metrics = train_selflabel_epoch(model, batches, weak, learn, optimizer, device, cfg, ema, bar)
+            metrics = train_selflabel_epoch(model, batches, weak, learn, optimizer, device, cfg, ema, bar,
+                                            learn_logits_of, dist)
         epoch += 1
+        if not dist.is_main:
+            stop_reason = dist.broadcast(None)  # rank 0's guard verdict
+            continue
         evaluated = ema.model if ema is not None else model
         probs, _ = predict_images(evaluated, train, device, eval_batch, workers)
         health = health_of(probs[0], config, reference)
@@ -173,7 +200,10 @@ def run_selflabel(config: RunConfig, run: RunDir, device: torch.device, progress
         if ema is not None:
             extra["ema"] = ema.model.state_dict()
         save_epoch(checkpoint_path, model, config, fingerprint, optimizer, epoch, elapsed, **extra)
+        dist.broadcast(stop_reason)
 
+    if not dist.is_main:
+        return {}
     # keep the best healthy state; the SCAN model when nothing beat it
     eval_started = time.perf_counter()
     if best["epoch"] > 0:
