@@ -131,7 +131,7 @@ def test_the_global_entropy_and_confidence_mask_are_those_of_the_global_batch(tw
 
 
 def _config_file(tmp_path: Path, **sections) -> Path:
-    config = tiny_config(train=1024, test=256, epochs=4, scan={"epochs": 3, "num_heads": 2},
+    config = tiny_config(train=1024, test=256, epochs=6, scan={"epochs": 3, "num_heads": 2},
                          selflabel={"epochs": 2, "threshold": 0.5}, **sections)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config.to_dict()))
@@ -205,7 +205,18 @@ def test_torchrun_trains_every_stage_with_rank_0_writing_and_resumes_all_ranks_a
     for stage, epochs in (("scan", 3), ("selflabel", report["selflabel"]["epochs_run"])):
         # written by rank 0 alone: one line per epoch, not one per rank
         assert [r["epoch"] for r in lines if r["stage"] == stage] == list(range(1, epochs + 1))
-    assert {r["epoch"] for r in lines if r["stage"] == "pretext"} == {1, 2, 3, 4}
+    assert {r["epoch"] for r in lines if r["stage"] == "pretext"} == {1, 2, 3, 4, 5, 6}
     assert all(r["images"] == 1024 for r in lines if r["stage"] == "pretext")  # global, 8 batches of 128
-    leftovers = [p.name for p in run.rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
-    assert leftovers == []
+    # nothing half-written is left, not even the temporary file of a write the kill interrupted
+    assert [p.name for p in run.rglob("*") if ".tmp" in p.name or p.name.startswith(".")] == []
+
+
+def test_local_batchnorm_is_a_choice_and_other_values_are_refused():
+    model = ScanModel.from_config(tiny_config().model, in_channels=1, mean=(0.3,), std=(0.3,))
+    two = Distributed(rank=0, world_size=2)
+    assert not any(isinstance(m, GlobalBatchNorm) for m in two.prepare(model, "local").modules())
+    assert any(isinstance(m, GlobalBatchNorm) for m in two.prepare(model, "global").modules())
+    assert not any(isinstance(m, GlobalBatchNorm) for m in SINGLE.prepare(ScanModel.from_args(model.model_args()))
+                   .modules())
+    with pytest.raises(ConfigError, match="model.batchnorm: expected global or local, got 'sync'"):
+        tiny_config(model={"batchnorm": "sync"})

@@ -32,17 +32,26 @@ def commands():
     return found
 
 
+def cli_part(command):
+    """The scan-train/scan-export/scan-serve command inside `command` (after `torchrun ... --no-python`)."""
+    words = shlex.split(command)
+    if words[0].rsplit("/", 1)[-1] == "torchrun":
+        programs = [i for i, w in enumerate(words) if w.rsplit("/", 1)[-1] in CLIS]
+        words = words[programs[0]:] if programs else words
+    return words
+
+
 def test_the_readme_shows_commands_and_snippets():
     names = [shlex.split(c)[0].rsplit("/", 1)[-1] for c in commands()]
-    assert {"quickstart.sh", "test.sh", "scan-train", "scan-export", "scan-serve"} <= set(names)
+    assert {"quickstart.sh", "test.sh", "scan-train", "scan-export", "scan-serve", "torchrun"} <= set(names)
     assert len(blocks("python")) >= 2
 
 
-@pytest.mark.parametrize("command", [c for c in commands() if shlex.split(c)[0].rsplit("/", 1)[-1] in CLIS])
+@pytest.mark.parametrize("command", [c for c in commands() if cli_part(c)[0].rsplit("/", 1)[-1] in CLIS])
 def test_each_cli_command_parses_with_the_real_cli(command):
     if "[" in command:  # a synopsis with [optional] parts, not a command
         pytest.skip("synopsis")
-    program, *args = shlex.split(command)
+    program, *args = cli_part(command)
     name = program.rsplit("/", 1)[-1]
     CLIS[name].make_context(name, list(args))  # raises click.UsageError on an unknown option or a bad value
     if name == "scan-train":

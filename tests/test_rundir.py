@@ -62,3 +62,14 @@ def test_metrics_lines_and_report_updates(tmp_path):
     run.update_report("pretext", {"status": "done", "loss": 1.0})
     assert run.stage_done("pretext") and not run.stage_done("neighbors")
     assert json.loads(run.report_path.read_text())["pretext"] == {"status": "done", "loss": 1.0}
+
+
+def test_starting_a_run_removes_temporaries_a_kill_left_and_nothing_else(tmp_path):
+    (tmp_path / "pretext").mkdir()
+    stale = [tmp_path / "pretext" / ".checkpoint.pt.k2j4x9.tmp", tmp_path / ".report.json.a1b2c3.tmp"]
+    kept = [tmp_path / "pretext" / "checkpoint.pt", tmp_path / "pretext" / "notes.tmp", tmp_path / "metrics.jsonl"]
+    for path in stale + kept:
+        path.write_bytes(b"x")
+    RunDir(tmp_path).bind_config(config_from_dict({}))
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept)

@@ -43,6 +43,20 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], Any]) ->
     return path
 
 
+def remove_stale_temporaries(directory: str | Path, depth: int = 1) -> list[Path]:
+    """Delete the temporary files `atomic_write` leaves behind when killed mid-write (`.NAME.*.tmp`),
+    in `directory` and `depth` levels below it; returns what was removed. Only for a directory with
+    no writer at work (a run directory when its run starts)."""
+    directory, removed = Path(directory), []
+    patterns = [".*.tmp"] + ["/".join(["*"] * level + [".*.tmp"]) for level in range(1, depth + 1)]
+    for pattern in patterns:
+        for stale in directory.glob(pattern):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+                removed.append(stale)
+    return removed
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda h: h.write(data))
 

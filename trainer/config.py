@@ -65,8 +65,13 @@ class ModelConfig:
     projection_dim: int = 128
     projection_hidden: Optional[int] = None  # None: the backbone's feature size
     pretrained: Optional[str] = None  # path to backbone weights (torchvision or SCAN/SimCLR layout)
+    # under torchrun: "global" normalizes with statistics of the global batch (as one process would);
+    # "local" with each process's share only (no communication per layer: faster, not single-process exact)
+    batchnorm: str = "global"
 
     def __post_init__(self) -> None:
+        if self.batchnorm not in ("global", "local"):
+            raise ConfigError(f"model.batchnorm: expected global or local, got {self.batchnorm!r}")
         if self.width < 4:
             raise ConfigError(f"model.width: must be at least 4, got {self.width}")
         if self.projection_dim < 1:

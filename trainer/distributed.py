@@ -9,24 +9,26 @@ What a stage needs from it, all no-ops in a single process (`SINGLE`):
   class weights), so every rank holds the same loss value as one process would;
 - `parallel(model, fn)`: `fn(model, x)` driven by DistributedDataParallel (gradient averaging);
 - `global_batchnorm(model)`: BatchNorm statistics over the global batch, as one process sees them;
-- `is_main`, `barrier()`, `broadcast(obj)`: rank 0 alone writes checkpoints, metrics and reports
-  and mines neighbors; the others wait for it and learn its decisions.
+- `is_main`, `barrier()`, `broadcast(obj)`, `alone(device)`: rank 0 alone writes checkpoints, metrics
+  and reports, mines neighbors and evaluates; the others wait for it and learn its decisions;
+- `rows_from_shards(n, compute)`: one pass over a data set split among the ranks (cached features).
 
 Why the gradients are exact: every rank computes the same global loss L from gathered outputs.
 The backward of `gather` sums the gradient of all ranks' L for each rank's rows (W copies of the
 true gradient), and DistributedDataParallel divides the summed parameter gradients by W. The
-same holds through the all-reduces of `GlobalBatchNorm`. tests/test_distributed.py checks loss
+same holds through the gathered statistics of `GlobalBatchNorm`. tests/test_distributed.py checks loss
 and weights against one process on the same global batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import torch
 import torch.distributed as torch_dist
@@ -62,27 +64,15 @@ class _Gather(torch.autograd.Function):
         return grad.narrow(ctx.dim, torch_dist.get_rank() * ctx.size, ctx.size), None
 
 
-class _AllReduceSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
-        total = tensor.clone()
-        torch_dist.all_reduce(total)
-        return total
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        torch_dist.all_reduce(grad)
-        return grad
-
-
 class GlobalBatchNorm(_BatchNorm):
     """BatchNorm whose training statistics cover the batches of all ranks (gloo and NCCL alike).
 
-    torch's SyncBatchNorm refuses CPU tensors; this one is two differentiable all-reduces per
-    call (sum and count, then squared deviations from the global mean), so a run on W
-    processes normalizes exactly as one process would with the global batch. In eval mode,
-    or in a single process, it is plain BatchNorm. State-dict keys are BatchNorm's.
+    torch's SyncBatchNorm refuses CPU tensors. Here each rank computes its per-channel count, mean
+    and sum of squared deviations, one differentiable all-gather shares them, and every rank
+    combines them (Chan et al.'s pairwise formula, stable in float32) into the global mean and
+    variance: a run on W processes normalizes as one process would with the global batch, at one
+    collective per layer and pass. In eval mode, or in a single process, it is plain BatchNorm.
+    State-dict keys are BatchNorm's.
     """
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -95,13 +85,16 @@ class GlobalBatchNorm(_BatchNorm):
         self._check_input_dim(x)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        x32 = x.float()
-        local_count = x32.new_tensor([x32.numel() / x32.shape[1]])
-        first = _AllReduceSum.apply(torch.cat([x32.sum(dims), local_count]))
-        count, mean = first[-1], first[:-1] / first[-1]
-        centered = x32 - mean.view(shape)
-        var = _AllReduceSum.apply(centered.square().sum(dims)) / count
-        y = centered * torch.rsqrt(var + self.eps).view(shape)
+        x32, c = x.float(), x.shape[1]
+        local_mean = x32.mean(dims)
+        local_m2 = (x32 - local_mean.view(shape)).square().sum(dims)
+        local = torch.cat([local_mean, local_m2, local_mean.new_full((1,), x32.numel() / c)])
+        stats = _Gather.apply(local.unsqueeze(0), 0)  # (W, 2C + 1)
+        means, m2s, counts = stats[:, :c], stats[:, c : 2 * c], stats[:, 2 * c :]
+        count = counts.sum()
+        mean = (counts * means).sum(0) / count
+        var = (m2s.sum(0) + (counts * (means - mean).square()).sum(0)) / count
+        y = (x32 - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
@@ -204,11 +197,44 @@ class Distributed:
             forward_sync_buffers=False,  # GlobalBatchNorm keeps the running statistics equal on every rank
         )
 
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """Global BatchNorm statistics when several processes train (in place; returns `model`)."""
-        return global_batchnorm(model) if self.enabled else model
+    def rows_from_shards(
+        self, n: int, compute: Callable[[torch.Tensor], torch.Tensor], device: torch.device
+    ) -> torch.Tensor:
+        """`compute(indices)` for indices 0..n-1 on every rank, each rank computing a contiguous 1/W of them.
+
+        `compute` returns one row per index (e.g. the features of those images); the rows of all
+        ranks are gathered in index order.
+        """
+        if not self.enabled or n < self.world_size:
+            return compute(torch.arange(n)).to(device)
+        per = -(-n // self.world_size)
+        mine = compute(torch.arange(self.rank * per, min((self.rank + 1) * per, n))).to(device)
+        padded = mine.new_zeros((per, *mine.shape[1:]))
+        padded[: len(mine)] = mine
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        torch_dist.all_gather(parts, padded)
+        return torch.cat([part[: max(0, min(per, n - r * per))] for r, part in enumerate(parts)])
+
+    def prepare(self, model: nn.Module, batchnorm: str = "global") -> nn.Module:
+        """With several processes and `batchnorm="global"` (`model.batchnorm`), BatchNorm statistics over
+        the global batch (in place; returns `model`). "local" keeps each process's own statistics."""
+        return global_batchnorm(model) if self.enabled and batchnorm == "global" else model
 
     # ------------------------------------------------------------------ coordination
+
+    @contextlib.contextmanager
+    def alone(self, device: torch.device) -> Iterator[None]:
+        """Rank 0 working while the other ranks wait (they use no CPU then): on CPU, rank 0 takes the
+        threads of every process on its node for the duration."""
+        if not (self.enabled and self.is_main and device.type == "cpu"):
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(min(os.cpu_count() or 1, before * self.local_world_size))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def barrier(self) -> None:
         if self.enabled:

@@ -7,6 +7,7 @@ every stage.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from typing import Any, Callable, Optional
 
@@ -65,7 +66,8 @@ def run_pipeline(
             where = f"rank 0 ({device}) while the other ranks wait"
         log(f"{name}: running on {where}")
         if dist.is_main or name not in MAIN_ONLY:
-            entry = STAGES[name](config, run, device, progress and dist.is_main, dist)
+            with dist.alone(device) if name in MAIN_ONLY else contextlib.nullcontext():
+                entry = STAGES[name](config, run, device, progress and dist.is_main, dist)
             if dist.is_main:
                 run.update_report(name, entry)
                 log(f"{name}: done ({_summary(entry)})")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from trainer.atomic import atomic_write_text
+from trainer.atomic import atomic_write_text, remove_stale_temporaries
 from trainer.config import RunConfig, config_from_dict, dump_config
 from trainer.errors import CheckpointError, ConfigError
 
@@ -99,6 +99,7 @@ class RunDir:
                     "Resume with the same configuration, or choose a new --output."
                 )
         atomic_write_text(self.config_path, dump_config(config))
+        remove_stale_temporaries(self.path)  # left by a kill -9 mid-write; this run is the only writer now
 
     def load_config(self) -> RunConfig:
         if not self.config_path.exists():

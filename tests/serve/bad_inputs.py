@@ -13,6 +13,8 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from scan_serve.errors import InvalidInput, OverLimit
+from scan_serve.inputs import InputLimits, prepare_image
 from scan_serve.proto import scan_pb2
 
 INVALID, EXHAUSTED = ("INVALID_ARGUMENT",), ("RESOURCE_EXHAUSTED",)
@@ -54,6 +56,17 @@ def image_bytes(data: bytes, image_id: str = "") -> scan_pb2.Image:
 
 def raw(data: bytes, channels: int, height: int, width: int) -> scan_pb2.Image:
     return scan_pb2.Image(raw=scan_pb2.RawImage(data=data, channels=channels, height=height, width=width))
+
+
+def decodes_or_is_refused(data: bytes, channels: int = 1, size: int = 28) -> None:
+    """Prepare `data` as the gateway prepares an encoded image: a (channels, size, size) uint8 array or
+    InvalidInput / OverLimit are the only acceptable outcomes (anything else propagates)."""
+    try:
+        pixels = prepare_image(scan_pb2.Image(encoded=data), 0, channels, size, InputLimits())
+    except (InvalidInput, OverLimit):
+        return
+    if pixels.shape != (channels, size, size) or pixels.dtype != np.uint8:
+        raise AssertionError(f"decoded to {pixels.dtype} {pixels.shape}")
 
 
 def corpus() -> list[tuple[str, bytes, tuple[str, ...], str]]:

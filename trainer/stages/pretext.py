@@ -75,8 +75,8 @@ def train_one_epoch(
             group["lr"] = lr
         with autocast(device):
             z = project(views)
-        z1, z2 = z.float().chunk(2)
-        loss = nt_xent(dist.gather(z1), dist.gather(z2), temperature)
+        z1, z2 = dist.gather(z.float().unflatten(0, (2, -1)), dim=1)  # both views, one collective
+        loss = nt_xent(z1, z2, temperature)
         if not torch.isfinite(loss):
             raise TrainerError(f"pretext: the loss became {loss.item()} at step {step}; lower pretext.lr and restart")
         optimizer.zero_grad(set_to_none=True)
@@ -143,7 +143,7 @@ def run_pretext(
 
     # networks (initialised from the seed, so a run is reproducible)
     torch.manual_seed(config.seed)
-    model = dist.prepare(build_pretext_model(config, train))
+    model = dist.prepare(build_pretext_model(config, train), config.model.batchnorm)
     channels_last = use_channels_last(device, cfg.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     augment = build_augment("simclr", train.image_size, train.channels, config.augment).to(device)

@@ -139,8 +139,8 @@ def train_scan_epoch(
             else:
                 x = torch.cat([anchors, neighbors]).float().div_(255)
         logits = logits_of(x)
-        anchor_logits, neighbor_logits = dist.gather(logits[:, :b], dim=1), dist.gather(logits[:, b:], dim=1)
-        parts = [scan_loss(anchor_logits[h], neighbor_logits[h], entropy_weight) for h in range(num_heads)]
+        pairs = dist.gather(logits.unflatten(1, (2, b)), dim=2)  # (H, 2, global batch, C), one collective
+        parts = [scan_loss(pairs[h, 0], pairs[h, 1], entropy_weight) for h in range(num_heads)]
         b *= dist.world_size
         loss = torch.stack([total for total, _, _ in parts]).sum()
         if not torch.isfinite(loss):
@@ -225,7 +225,7 @@ def run_scan(
     model.drop_projection_head()
     torch.manual_seed(config.seed)
     model.add_cluster_heads(cfg.num_clusters, cfg.num_heads)
-    dist.prepare(model)
+    dist.prepare(model, config.model.batchnorm)
     model.to(device)
     head_only = cfg.update == "head"
     if head_only:
@@ -240,8 +240,11 @@ def run_scan(
     logits_of = dist.parallel(model, functools.partial(scan_logits, head_only=head_only, cached=cached))
     source: torch.Tensor | ImageSet
     if cached:
-        source = torch.from_numpy(embed_images(model, train, device, "raw", config.neighbors.batch_size,
-                                               config.data.num_workers)).to(device)
+        def embed_part(indices: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(embed_images(model, train.subset(indices), device, "raw",
+                                                 config.neighbors.batch_size, config.data.num_workers))
+
+        source = dist.rows_from_shards(len(train), embed_part, device)  # each rank embeds 1/W, all get all
     else:
         source = train.images if isinstance(train, TensorImageSet) else train
 
@@ -263,26 +266,28 @@ def run_scan(
 
     if not dist.is_main:
         return {}
-    # select the head on the training images, label-free
-    eval_started = time.perf_counter()
-    model.load_state_dict(load_checkpoint(checkpoint_path)["model"])
-    probs, embeddings = predict_images(model, train, device, config.neighbors.batch_size, config.data.num_workers, progress)
-    losses = head_losses(probs, neighbors_np, cfg.entropy_weight)
-    chosen = select_head(losses)
-    finish(checkpoint_path, model_path, chosen_head=chosen, head_losses=losses)
+    with dist.alone(device):  # the other ranks wait; on CPU rank 0 takes their threads
+        # select the head on the training images, label-free
+        eval_started = time.perf_counter()
+        model.load_state_dict(load_checkpoint(checkpoint_path)["model"])
+        eval_batch, workers = config.neighbors.batch_size, config.data.num_workers
+        probs, embeddings = predict_images(model, train, device, eval_batch, workers, progress)
+        losses = head_losses(probs, neighbors_np, cfg.entropy_weight)
+        chosen = select_head(losses)
+        finish(checkpoint_path, model_path, chosen_head=chosen, head_losses=losses)
 
-    test_probs = None
-    entry: dict[str, Any] = {"status": "done", "epochs": cfg.epochs, "chosen_head": chosen,
-                             "head_losses": [round(h["total"], 5) for h in losses]}
-    if test is not None:
-        test_probs_all, _ = predict_images(model, test, device, config.neighbors.batch_size, config.data.num_workers)
-        test_probs = test_probs_all[chosen]
-        per_head = [test_metrics(p, test) for p in test_probs_all]
-        if per_head[0] is not None:
-            entry["test_acc_per_head"] = [round(m["acc"], 4) for m in per_head]
-    health = health_of(probs[chosen], config)
-    entry.update(summarize_clustering(config, stage_dir, train, probs[chosen], embeddings, test, test_probs,
-                                      health, title=f"SCAN head {chosen}"))
-    entry["wall_time_s"] = round(elapsed + time.perf_counter() - eval_started, 1)  # training epochs + selection
-    entry["model"] = str(model_path.relative_to(run.path))
-    return entry
+        test_probs = None
+        entry: dict[str, Any] = {"status": "done", "epochs": cfg.epochs, "chosen_head": chosen,
+                                 "head_losses": [round(h["total"], 5) for h in losses]}
+        if test is not None:
+            test_probs_all, _ = predict_images(model, test, device, eval_batch, workers)
+            test_probs = test_probs_all[chosen]
+            per_head = [test_metrics(p, test) for p in test_probs_all]
+            if per_head[0] is not None:
+                entry["test_acc_per_head"] = [round(m["acc"], 4) for m in per_head]
+        health = health_of(probs[chosen], config)
+        entry.update(summarize_clustering(config, stage_dir, train, probs[chosen], embeddings, test, test_probs,
+                                          health, title=f"SCAN head {chosen}"))
+        entry["wall_time_s"] = round(elapsed + time.perf_counter() - eval_started, 1)  # training epochs + selection
+        entry["model"] = str(model_path.relative_to(run.path))
+        return entry

@@ -91,8 +91,8 @@ def train_selflabel_epoch(
                 model.backbone.eval()
         with autocast(device):
             learn_logits = logits_of(learn_views)[0]
-        loss, fraction = selflabel_loss(dist.gather(weak_logits), dist.gather(learn_logits), cfg.threshold,
-                                        cfg.class_balance)
+        weak_logits, learn_logits = dist.gather(torch.stack([weak_logits.float(), learn_logits.float()]), dim=1)
+        loss, fraction = selflabel_loss(weak_logits, learn_logits, cfg.threshold, cfg.class_balance)
         if not torch.isfinite(loss):
             raise TrainerError(f"selflabel: the loss became {loss.item()}; lower selflabel.lr and restart")
         optimizer.zero_grad(set_to_none=True)
@@ -142,11 +142,12 @@ def run_selflabel(
     if "chosen_head" not in scan_state:
         raise TrainerError(f"{run.stage_dir(SCAN) / 'model.pt'} has no chosen head: rerun the scan stage")
     model.keep_head(scan_state["chosen_head"])
-    dist.prepare(model)
+    dist.prepare(model, config.model.batchnorm)
     model.to(device)
     baseline_confident = None
     if dist.is_main:
-        start_probs, _ = predict_images(model, train, device, eval_batch, workers, progress)
+        with dist.alone(device):
+            start_probs, _ = predict_images(model, train, device, eval_batch, workers, progress)
         reference = start_probs[0].argmax(axis=1)
         baseline = health_of(start_probs[0], config, reference)
         guard = CollapseGuard(baseline, cfg.guard_min_agreement, cfg.guard_entropy_drop)
@@ -181,7 +182,8 @@ def run_selflabel(
             stop_reason = dist.broadcast(None)  # rank 0's guard verdict
             continue
         evaluated = ema.model if ema is not None else model
-        probs, _ = predict_images(evaluated, train, device, eval_batch, workers)
+        with dist.alone(device):
+            probs, _ = predict_images(evaluated, train, device, eval_batch, workers)
         health = health_of(probs[0], config, reference)
         problems = guard.problems(health)
         elapsed += metrics["seconds"]
@@ -204,36 +206,37 @@ def run_selflabel(
 
     if not dist.is_main:
         return {}
-    # keep the best healthy state; the SCAN model when nothing beat it
-    eval_started = time.perf_counter()
-    if best["epoch"] > 0:
-        model.load_state_dict(load_checkpoint(best_path)["model"])
-        kept = f"selflabel epoch {best['epoch']}"
-    else:
-        model.load_state_dict(start_state)
-        kept = "scan model (no self-labeling epoch improved on it)"
-    probs, embeddings = predict_images(model, train, device, eval_batch, workers, progress)
-    final_health = health_of(probs[0], config, reference)
-    refusal = guard.rejects_as_final(final_health)
-    if refusal:  # cannot happen for a kept epoch that passed the guard; a last line of defence
-        model.load_state_dict(start_state)
-        kept = "scan model (final check refused the self-labelled model: " + "; ".join(refusal) + ")"
+    with dist.alone(device):  # the other ranks wait; on CPU rank 0 takes their threads
+        # keep the best healthy state; the SCAN model when nothing beat it
+        eval_started = time.perf_counter()
+        if best["epoch"] > 0:
+            model.load_state_dict(load_checkpoint(best_path)["model"])
+            kept = f"selflabel epoch {best['epoch']}"
+        else:
+            model.load_state_dict(start_state)
+            kept = "scan model (no self-labeling epoch improved on it)"
         probs, embeddings = predict_images(model, train, device, eval_batch, workers, progress)
         final_health = health_of(probs[0], config, reference)
-    atomic_torch_save(model_path, checkpoint_payload(model, config, fingerprint, chosen_head=0, kept=kept,
-                                                     epochs_run=epoch, stop_reason=stop_reason))
-    test_probs = predict_images(model, test, device, eval_batch, workers)[0][0] if test is not None else None
-    entry: dict[str, Any] = {
-        "status": "done",
-        "epochs_run": epoch,
-        "epochs": cfg.epochs,
-        "stopped_early": stop_reason is not None,
-        "stop_reason": stop_reason,
-        "kept": kept,
-        "start_health": baseline.to_dict(),
-    }
-    entry.update(summarize_clustering(config, stage_dir, train, probs[0], embeddings, test, test_probs,
-                                      final_health, title="self-label"))
-    entry["wall_time_s"] = round(elapsed + time.perf_counter() - eval_started, 1)
-    entry["model"] = str(model_path.relative_to(run.path))
-    return entry
+        refusal = guard.rejects_as_final(final_health)
+        if refusal:  # cannot happen for a kept epoch that passed the guard; a last line of defence
+            model.load_state_dict(start_state)
+            kept = "scan model (final check refused the self-labelled model: " + "; ".join(refusal) + ")"
+            probs, embeddings = predict_images(model, train, device, eval_batch, workers, progress)
+            final_health = health_of(probs[0], config, reference)
+        atomic_torch_save(model_path, checkpoint_payload(model, config, fingerprint, chosen_head=0, kept=kept,
+                                                         epochs_run=epoch, stop_reason=stop_reason))
+        test_probs = predict_images(model, test, device, eval_batch, workers)[0][0] if test is not None else None
+        entry: dict[str, Any] = {
+            "status": "done",
+            "epochs_run": epoch,
+            "epochs": cfg.epochs,
+            "stopped_early": stop_reason is not None,
+            "stop_reason": stop_reason,
+            "kept": kept,
+            "start_health": baseline.to_dict(),
+        }
+        entry.update(summarize_clustering(config, stage_dir, train, probs[0], embeddings, test, test_probs,
+                                          final_health, title="self-label"))
+        entry["wall_time_s"] = round(elapsed + time.perf_counter() - eval_started, 1)
+        entry["model"] = str(model_path.relative_to(run.path))
+        return entry
