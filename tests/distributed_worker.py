@@ -4,7 +4,8 @@
 GLOBAL_BATCH real Fashion-MNIST images; `torchrun --nproc_per_node 2 -m tests.distributed_worker OUT`
 trains the same steps with each rank holding half of every batch. Each process saves
 `OUT.rank<R>.pt`: the loss of every step (as the epoch functions report it, i.e. the loss
-of the gathered global batch) and the weights after each stage.
+of the gathered global batch), the weights before, after the first step and at the end of each
+stage, and the rows `rows_from_shards` assembled from the ranks' shares.
 
 Augmentation is deterministic (identity and a horizontal flip) so both runs see identical
 views; everything else is the production code: sharding, gathering, DistributedDataParallel,
@@ -122,6 +123,9 @@ def main(out: str) -> None:
     train_steps(record, "selflabel", model, lambda i: train_selflabel_epoch(
         model, [batches[i]], weak, Flip(), optimizer, device, config.selflabel, logits_of=learn_logits_of,
         dist=dist))
+
+    # one pass split among the ranks (how cached SCAN features are computed): 193 rows, uneven shares
+    record["extra"]["rows"] = dist.rows_from_shards(193, lambda idx: torch.stack([idx, idx * idx], 1), device)
 
     torch.save(record, f"{out}.rank{dist.rank}.pt")
     shutdown(dist)

@@ -127,11 +127,21 @@ def test_the_global_entropy_and_confidence_mask_are_those_of_the_global_batch(tw
     assert 0 < fractions[0] < 1  # the threshold masks part of the batch, so the class weights matter
 
 
+@needs_fashion_mnist
+def test_a_pass_split_among_the_ranks_gives_every_rank_all_rows_in_order(two_runs):
+    _, ranks = two_runs
+    index = torch.arange(193)
+    for record in ranks:
+        assert torch.equal(record["extra"]["rows"], torch.stack([index, index * index], 1))
+
+
 # ---------------------------------------------------------------- scan-train under torchrun
 
 
 def _config_file(tmp_path: Path, **sections) -> Path:
-    config = tiny_config(train=1024, test=256, epochs=6, scan={"epochs": 3, "num_heads": 2},
+    # SCAN on cached features (heads only): the features are computed in shards across the ranks
+    config = tiny_config(train=1024, test=256, epochs=6,
+                         scan={"epochs": 3, "num_heads": 2, "update": "head", "augment": "none"},
                          selflabel={"epochs": 2, "threshold": 0.5}, **sections)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config.to_dict()))
