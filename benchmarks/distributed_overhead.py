@@ -33,14 +33,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import command_line, machine  # noqa: E402
-from trainer.augment import build_augment  # noqa: E402
 from trainer.config import load_config  # noqa: E402
 from trainer.data import load_dataset  # noqa: E402
 from trainer.data.base import iterate_batches  # noqa: E402
-from trainer.device import configure_cpu_threads, resolve_device, use_channels_last  # noqa: E402
+from trainer.device import configure_cpu_threads, resolve_device  # noqa: E402
 from trainer.distributed import init_distributed, shutdown  # noqa: E402
 from trainer.models.scan_model import ScanModel  # noqa: E402
-from trainer.stages.pretext import build_optimizer, build_pretext_model, train_one_epoch  # noqa: E402
+from trainer.stages.pretext import pretext_training, train_one_epoch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,14 +49,9 @@ def worker(args: argparse.Namespace) -> None:
     dist, device = init_distributed(resolve_device(args.device))
     threads = configure_cpu_threads(None, dist.local_world_size) if device.type == "cpu" else None
     total = (args.warmup + args.steps) * args.batch
-    config = load_config(REPO / args.preset, [f"data.train_subset={total}"])
+    config = load_config(REPO / args.preset, [f"data.train_subset={total}", f"model.batchnorm={args.batchnorm}"])
     train = load_dataset(config.data, "train", seed=config.seed)
-    torch.manual_seed(config.seed)
-    model = dist.prepare(build_pretext_model(config, train), args.batchnorm)
-    channels_last = use_channels_last(device, config.pretext.channels_last)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    augment = build_augment("simclr", train.image_size, train.channels, config.augment).to(device)
-    optimizer = build_optimizer(model, config.pretext)
+    model, augment, optimizer, channels_last = pretext_training(config, train, device, dist)
     project = dist.parallel(model, ScanModel.project)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     local = dist.local_batch(args.batch, "--batch")

@@ -114,8 +114,10 @@ def global_batchnorm(module: nn.Module) -> nn.Module:
             replacement = GlobalBatchNorm(
                 child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
             )
-            replacement.load_state_dict(child.state_dict())
-            replacement.to(next(iter(child.state_dict().values())).device)
+            state = child.state_dict()
+            replacement.load_state_dict(state)
+            if state:  # BatchNorm without affine weights and running statistics holds no tensor
+                replacement.to(next(iter(state.values())).device)
             replacement.train(child.training)
             setattr(module, name, replacement)
         else:

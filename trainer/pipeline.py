@@ -61,10 +61,7 @@ def run_pipeline(
         if run.stage_done(name):
             log(f"{name}: already done in {run.path}, skipping")
             continue
-        where = f"{device}" if not dist.enabled else f"{dist.world_size} processes ({dist.backend}, rank 0 on {device})"
-        if name in MAIN_ONLY and dist.enabled:
-            where = f"rank 0 ({device}) while the other ranks wait"
-        log(f"{name}: running on {where}")
+        log(f"{name}: running on {_where(name, device, dist)}")
         if dist.is_main or name not in MAIN_ONLY:
             with dist.alone(device) if name in MAIN_ONLY else contextlib.nullcontext():
                 entry = STAGES[name](config, run, device, progress and dist.is_main, dist)
@@ -76,6 +73,14 @@ def run_pipeline(
         _record_final(run)
     dist.barrier()
     return run.read_report()
+
+
+def _where(stage: str, device: torch.device, dist: Distributed) -> str:
+    if not dist.enabled:
+        return str(device)
+    if stage in MAIN_ONLY:
+        return f"rank 0 ({device}) while the other ranks wait"
+    return f"{dist.world_size} processes ({dist.backend}, rank 0 on {device})"
 
 
 def _quiet(_: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import torch
 from tqdm import tqdm
@@ -119,6 +119,25 @@ def build_pretext_model(config: RunConfig, train: ImageSet) -> ScanModel:
     return ScanModel.from_config(config.model, in_channels=train.channels, mean=mean, std=std)
 
 
+class PretextTraining(NamedTuple):
+    model: ScanModel
+    augment: torch.nn.Module
+    optimizer: torch.optim.SGD
+    channels_last: bool
+
+
+def pretext_training(config: RunConfig, train: ImageSet, device: torch.device, dist: Distributed = SINGLE
+                     ) -> PretextTraining:
+    """The seeded model (global BatchNorm under torchrun when `model.batchnorm` says so) on `device`,
+    its SimCLR augmentation and optimizer: what `run_pretext` and the benchmarks train."""
+    torch.manual_seed(config.seed)  # initialised from the seed, so a run is reproducible
+    model = dist.prepare(build_pretext_model(config, train), config.model.batchnorm)
+    channels_last = use_channels_last(device, config.pretext.channels_last)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    augment = build_augment("simclr", train.image_size, train.channels, config.augment).to(device)
+    return PretextTraining(model, augment, build_optimizer(model, config.pretext), channels_last)
+
+
 def run_pretext(
     config: RunConfig, run: RunDir, device: torch.device, progress: bool = True, dist: Distributed = SINGLE
 ) -> dict[str, Any]:
@@ -141,13 +160,7 @@ def run_pretext(
     steps_per_epoch = len(train) // batch_size
     total_steps = steps_per_epoch * cfg.epochs
 
-    # networks (initialised from the seed, so a run is reproducible)
-    torch.manual_seed(config.seed)
-    model = dist.prepare(build_pretext_model(config, train), config.model.batchnorm)
-    channels_last = use_channels_last(device, cfg.channels_last)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    augment = build_augment("simclr", train.image_size, train.channels, config.augment).to(device)
-    optimizer = build_optimizer(model, cfg)
+    model, augment, optimizer, channels_last = pretext_training(config, train, device, dist)
 
     # resume (every rank loads the same checkpoint), then wrap for DistributedDataParallel
     start_epoch, elapsed, _ = resume(checkpoint_path, model, optimizer, fingerprint, STAGE, dist.is_main)
