@@ -30,12 +30,12 @@ from export.repository import ModelRepository
 from scan_serve.store import FINAL_STATES, ImageStore
 from trainer.augment import build_augment
 from trainer.config import RunConfig, config_from_dict
-from trainer.data.base import TensorImageSet, iterate_batches, seeded_subset_indices
+from trainer.data.base import TensorImageSet, iterate_batches, on_device, seeded_subset_indices
 from trainer.data.preprocess import ImageDecodeError, decode_image
 from trainer.device import configure_cpu_threads, resolve_device
 from trainer.embed import predict_images
 from trainer.health import CollapseGuard, measure_health
-from trainer.stages.common import load_stage_model, seed_epoch
+from trainer.stages.common import augment_generator, load_stage_model, seed_epoch
 from trainer.stages.selflabel import train_selflabel_epoch
 
 DEFAULT_EPOCHS = 5
@@ -120,10 +120,12 @@ def run_job(store_root: Path, job_id: str, repository: Path, model_name: str, de
     learn = build_augment(cfg.augment, size, channels, config.augment).to(device)
     batch_size = min(cfg.batch_size, len(images))
     stop_problems, history = [], []
+    resident = on_device(images, device)  # on CUDA the stored images move once (when they fit), not every step
     for epoch in range(cfg.epochs):
         order = torch.randperm(len(images), generator=seed_epoch(config.seed, epoch))
-        batches = iterate_batches(images, batch_size, order=order, drop_last=len(images) >= batch_size)
-        metrics = train_selflabel_epoch(model, batches, weak, learn, optimizer, device, cfg)
+        batches = iterate_batches(resident, batch_size, order=order, drop_last=len(images) >= batch_size)
+        metrics = train_selflabel_epoch(model, batches, weak, learn, optimizer, device, cfg,
+                                        generator=augment_generator(config.seed, epoch, 0, device))
         probs, _ = predict_images(model, images, device)
         health = measure_health(probs[0], cfg.threshold, reference, min_share)
         problems = guard.problems(health)

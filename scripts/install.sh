@@ -47,4 +47,4 @@ fi
 
 say "installing the project (.[$flavor,test])"
 "${pip[@]}" -e ".[$flavor,test]"
-.venv/bin/python -c 'import torch, kornia, faiss; print(f"[install] torch {torch.__version__}, kornia {kornia.__version__}, faiss {faiss.__version__}, cuda {torch.cuda.is_available()}")'
+.venv/bin/python -c 'import torch, faiss; print(f"[install] torch {torch.__version__}, faiss {faiss.__version__}, cuda {torch.cuda.is_available()}")'

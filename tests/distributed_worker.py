@@ -38,7 +38,7 @@ CPU = torch.device("cpu")
 class Flip(nn.Module):
     """uint8 images -> [0, 1] floats, mirrored left-right: a deterministic 'augmentation'."""
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return images.flip(-1).float().div(255)
 
 
@@ -49,7 +49,7 @@ class Alternate(nn.Module):
         super().__init__()
         self.calls = 0
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         self.calls += 1
         out = images.float().div(255)
         return out.flip(-1) if self.calls % 2 == 0 else out

@@ -164,3 +164,15 @@ def test_a_folder_of_unlabeled_images_trains_with_no_labels_anywhere(tmp_path):
     assert report["final"]["stage"] == "selflabel"
     assert f"picture (prototypes): {tmp_path / 'run'}/selflabel/prototypes.png" in result.stdout
     assert (tmp_path / "run" / report["final"]["pictures"]["prototypes"]).exists()
+
+
+def test_the_final_summary_ends_with_the_stage_times_table():
+    from trainer.cli import final_summary
+
+    report = {"timings": {"pretext": {"wall_s": 30.0, "stage_wall_time_s": 29.1, "device": "cpu"},
+                          "neighbors": {"wall_s": 2.5, "stage_wall_time_s": 2.4, "device": "cpu"}}}
+    lines = final_summary(report, "runs/x").splitlines()
+    assert lines[0] == "report: runs/x/report.json"
+    assert lines[1].startswith("stage times")
+    assert [line.split() for line in lines[3:]] == [["pretext", "30.0", "29.1", "cpu"],
+                                                     ["neighbors", "2.5", "2.4", "cpu"], ["total", "32.5"]]

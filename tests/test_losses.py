@@ -104,6 +104,14 @@ def test_scan_loss_of_uniform_predictions_has_known_parts():
     assert total.item() == pytest.approx((1 - w) * math.log(c), rel=1e-6)
 
 
+def test_scan_loss_of_several_heads_at_once_is_each_heads_own_loss():
+    g = torch.Generator().manual_seed(0)
+    anchors, neighbors = torch.randn(4, 32, 6, generator=g) * 3, torch.randn(4, 32, 6, generator=g) * 3
+    parts = torch.stack(scan_loss(anchors, neighbors, 5.0))
+    assert parts.shape == (3, 4)
+    for h in range(4):
+        assert torch.equal(parts[:, h], torch.stack(scan_loss(anchors[h], neighbors[h], 5.0)))
+
 def test_scan_loss_punishes_confident_but_inconsistent_neighbors():
     anchors = _one_hot_logits([0, 1, 2, 3], 4, scale=10.0)
     agreeing = scan_loss(anchors, anchors.clone(), 0.0)[1]
@@ -146,3 +154,17 @@ def test_selflabel_loss_without_confident_samples_is_zero_and_differentiable():
     assert loss.item() == 0.0 and fraction.item() == 0.0
     loss.backward()
     assert strong.grad is not None and strong.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("class_balance", [True, False])
+def test_selflabel_loss_equals_cross_entropy_on_the_masked_rows_of_random_batches(class_balance):
+    # The loss weights rows by the mask instead of indexing them (no host sync); the value must not change.
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        weak, strong = torch.randn(64, 5, generator=g) * 3, torch.randn(64, 5, generator=g)
+        mask, targets, weights = pseudo_label_targets(weak, 0.6, class_balance)
+        loss, fraction = selflabel_loss(weak, strong, 0.6, class_balance)
+        expected = F.cross_entropy(strong[mask], targets[mask], weight=weights)
+        assert 0 < mask.sum() < 64 and fraction.item() == mask.float().mean().item()
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+

@@ -10,7 +10,7 @@ from trainer.config import load_config
 from trainer.device import configure_cpu_threads, resolve_device
 from trainer.distributed import SINGLE, Distributed, init_distributed, shutdown
 from trainer.errors import TrainerError
-from trainer.pipeline import ORDER, run_pipeline
+from trainer.pipeline import ORDER, TIMINGS, run_pipeline, timings_table
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,11 +60,18 @@ def _rank_of(dist: Distributed) -> str:
 
 def final_summary(report: dict, output: str) -> str:
     """A few lines for people: which model to take, how good it is, where to look."""
-    lines = [f"report: {output}/report.json"]
-    final = report.get("final")
+    lines = [f"report: {output}/report.json", *_final_lines(report.get("final"), output)]
+    table = timings_table(report.get(TIMINGS, {}))
+    if table:
+        lines += ["stage times (wall s: around the stage's last call; own s: the time the stage reports):",
+                  *("  " + row for row in table.splitlines())]
+    return "\n".join(lines)
+
+
+def _final_lines(final: dict | None, output: str) -> list[str]:
     if final is None:
-        return "\n".join(lines)
-    lines.append(f"final model: {output}/{final['model']} ({final['kept']})")
+        return []
+    lines = [f"final model: {output}/{final['model']} ({final['kept']})"]
     health = final.get("health")
     if health:
         lines.append(
@@ -75,7 +82,7 @@ def final_summary(report: dict, output: str) -> str:
         lines.append("test split: ACC {acc:.3f}  NMI {nmi:.3f}  ARI {ari:.3f}".format(**final["test"]))
     for name, path in final.get("pictures", {}).items():
         lines.append(f"picture ({name}): {output}/{path}")
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -87,17 +87,39 @@ class AugmentConfig:
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
-    strong_ops: int = 4  # RandAugment-style operations per image
-    cutout_fraction: float = 0.5  # cutout side as a fraction of the image side (16 px on 32 px)
+    # Strong (RandAugment-style) views. Defaults are the SCAN reference magnitudes: every magnitude is
+    # drawn uniformly per sample and operation within its range.
+    strong_ops: int = 4  # operations per image, each drawn uniformly from trainer.augment.STRONG_OPS
+    strong_rotate: float = 30.0  # rotate by up to +- this many degrees
+    strong_shear: float = 0.1  # shear_x / shear_y by up to +- this factor
+    strong_translate: float = 0.1  # translate_x / translate_y by up to +- this fraction of the side
+    strong_enhance: tuple[float, float] = (0.05, 0.95)  # brightness/contrast/color/sharpness factor range
+    strong_posterize_bits: tuple[int, int] = (4, 8)  # bits kept by posterize
+    cutout_fraction: float = 0.5  # largest Cutout side as a fraction of the image side (16 px on 32 px)
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ConfigError(f"augment.crop_scale: need 0 < low <= high <= 1, got {self.crop_scale}")
-        for key in ("flip_p", "jitter_p", "grayscale_p", "cutout_fraction"):
+        for key in ("flip_p", "jitter_p", "grayscale_p", "cutout_fraction", "strong_translate"):
             value = getattr(self, key)
             if not 0 <= value <= 1:
                 raise ConfigError(f"augment.{key}: must be within [0, 1], got {value}")
+        if any(v < 0 for v in self.jitter):
+            raise ConfigError(f"augment.jitter: factors must not be negative, got {self.jitter}")
+        if self.strong_ops < 0:
+            raise ConfigError(f"augment.strong_ops: must not be negative, got {self.strong_ops}")
+        if not 0 <= self.strong_rotate <= 180:
+            raise ConfigError(f"augment.strong_rotate: must be within [0, 180] degrees, got {self.strong_rotate}")
+        if not 0 <= self.strong_shear <= 1:
+            raise ConfigError(f"augment.strong_shear: must be within [0, 1], got {self.strong_shear}")
+        lo, hi = self.strong_enhance
+        if not 0 <= lo <= hi:
+            raise ConfigError(f"augment.strong_enhance: need 0 <= low <= high, got {self.strong_enhance}")
+        lo, hi = self.strong_posterize_bits
+        if not 1 <= lo <= hi <= 8:
+            raise ConfigError(f"augment.strong_posterize_bits: need 1 <= low <= high <= 8, got "
+                              f"{self.strong_posterize_bits}")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,21 @@ def use_channels_last(device: torch.device, setting: bool | None) -> bool:
     return device.type == "cuda" if setting is None else setting
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device` (a no-op on CPU): call before reading a clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fits_on_device(nbytes: int, device: torch.device, share: float = 0.25) -> bool:
+    """Whether `nbytes` more fit in `share` of `device`'s free memory (CUDA); False on CPU, where
+    there is nothing to move."""
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= share * free
+
+
 def configure_cpu_threads(threads: int | None = None, processes_on_node: int = 1) -> int:
     """Set the intra-op thread count; returns it.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import time
 from typing import Any, Callable, Optional
 
 import torch
@@ -27,6 +28,7 @@ StageFn = Callable[..., dict[str, Any]]
 STAGES: dict[str, StageFn] = {PRETEXT: run_pretext, NEIGHBORS: run_neighbors, SCAN: run_scan, SELFLABEL: run_selflabel}
 ORDER = list(STAGES)
 MAIN_ONLY = {NEIGHBORS}  # stages rank 0 runs alone while the other ranks wait
+TIMINGS = "timings"  # report["timings"][stage]: written when the stage runs, kept when it is skipped
 
 
 def run_pipeline(
@@ -63,16 +65,45 @@ def run_pipeline(
             continue
         log(f"{name}: running on {_where(name, device, dist)}")
         if dist.is_main or name not in MAIN_ONLY:
+            started = time.perf_counter()
             with dist.alone(device) if name in MAIN_ONLY else contextlib.nullcontext():
                 entry = STAGES[name](config, run, device, progress and dist.is_main, dist)
+            wall_s = time.perf_counter() - started
             if dist.is_main:
                 run.update_report(name, entry)
+                run.update_report(TIMINGS, {name: stage_timing(entry, wall_s, device)})
                 log(f"{name}: done ({_summary(entry)})")
         dist.barrier()
     if dist.is_main:
         _record_final(run)
     dist.barrier()
     return run.read_report()
+
+
+def stage_timing(entry: dict[str, Any], wall_s: float, device: torch.device) -> dict[str, Any]:
+    """report["timings"][stage]: wall seconds around the stage call in this process (this attempt only,
+    so a resumed stage counts the resumed part), the stage's own `wall_time_s` when it reports one
+    (its training time summed over attempts), and the device."""
+    timing: dict[str, Any] = {"wall_s": round(wall_s, 1), "device": str(device)}
+    if "wall_time_s" in entry:
+        timing["stage_wall_time_s"] = entry["wall_time_s"]
+    return timing
+
+
+def timings_table(timings: dict[str, dict[str, Any]]) -> str:
+    """An aligned table for people, one row per timed stage in pipeline order, then a total."""
+    names = [s for s in ORDER if s in timings] + [s for s in timings if s not in ORDER]
+    if not names:
+        return ""
+    rows = [["stage", "wall s", "own s", "device"]]
+    for name in names:
+        t = timings[name]
+        own = t.get("stage_wall_time_s")
+        rows.append([name, f"{t['wall_s']:.1f}", "-" if own is None else f"{own:.1f}", t.get("device", "-")])
+    rows.append(["total", f"{sum(timings[n]['wall_s'] for n in names):.1f}", "", ""])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    align = [str.ljust, str.rjust, str.rjust, str.ljust]
+    return "\n".join("  ".join(a(c, w) for a, c, w in zip(align, row, widths)).rstrip() for row in rows)
 
 
 def _where(stage: str, device: torch.device, dist: Distributed) -> str:

@@ -81,3 +81,95 @@ def test_selflabel_config_rejects_a_threshold_outside_zero_one():
 
     with pytest.raises(ConfigError, match="selflabel.threshold"):
         SelfLabelConfig(threshold=1.0)
+
+
+class _Views(torch.nn.Module):
+    """uint8 images -> [0, 1] floats, mirrored left-right when `flip` (a deterministic 'augmentation')."""
+
+    def __init__(self, flip: bool) -> None:
+        super().__init__()
+        self.flip = flip
+
+    def forward(self, x, generator=None):
+        x = x.float() / 255
+        return x.flip(-1) if self.flip else x
+
+
+def _tiny_selflabel_model():
+    from trainer.models.scan_model import ScanModel
+
+    torch.manual_seed(0)
+    return ScanModel("convnet", in_channels=1, width=4, mean=[0.5], std=[0.25], num_clusters=3)
+
+
+def test_selflabel_epoch_metrics_equal_a_loop_that_reads_every_step_on_the_host():
+    from trainer.losses import selflabel_loss
+    from trainer.stages.selflabel import train_selflabel_epoch
+
+    images = torch.randint(0, 256, (48, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    batches = [(None, images[i : i + 16]) for i in range(0, 48, 16)]
+    cfg = SelfLabelConfig(threshold=0.34, batch_size=16)
+    model, twin = _tiny_selflabel_model(), _tiny_selflabel_model()
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (model, twin)]
+    weak, learn = _Views(flip=False), _Views(flip=True)
+
+    metrics = train_selflabel_epoch(model, batches, weak, learn, optimizers[0], CPU, cfg)
+
+    total, masked = 0.0, 0.0  # the loop as it was: loss and fraction read on the host every step
+    for _, x in batches:
+        twin.eval()
+        with torch.no_grad():
+            weak_logits = twin.cluster_logits(weak(x))[0]
+        twin.train()
+        loss, fraction = selflabel_loss(weak_logits, twin.cluster_logits(learn(x))[0], cfg.threshold)
+        optimizers[1].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers[1].step()
+        total += loss.item() * len(x)
+        masked += fraction.item() * len(x)
+    assert metrics["images"] == 48
+    assert 0 < metrics["pseudo_labelled"] == masked / 48
+    assert metrics["loss"] == total / 48
+    for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_non_finite_selflabel_loss_stops_the_epoch_loudly():
+    from trainer.errors import TrainerError
+    from trainer.stages.selflabel import train_selflabel_epoch
+
+    model = _tiny_selflabel_model()
+    with torch.no_grad():
+        model.cluster_heads.heads[0].bias.fill_(float("nan"))  # no pseudo-label survives, yet the loss is NaN
+    images = torch.zeros(32, 1, 16, 16, dtype=torch.uint8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with pytest.raises(TrainerError, match=r"^selflabel: the loss became nan at step 0; lower selflabel.lr"):
+        train_selflabel_epoch(model, [(None, images[:16]), (None, images[16:])], _Views(False), _Views(True),
+                              optimizer, CPU, SelfLabelConfig(threshold=0.5))
+
+
+@pytest.mark.gpu
+def test_selflabel_epoch_on_cuda_never_waits_for_the_gpu():
+    from tests.cuda_sync import strict
+    from trainer.data.base import TensorImageSet, iterate_batches, on_device
+    from trainer.stages.selflabel import train_selflabel_epoch
+
+    cuda = torch.device("cuda")
+    images = TensorImageSet(torch.randint(0, 256, (96, 1, 16, 16), dtype=torch.uint8,
+                                          generator=torch.Generator().manual_seed(1)))
+    cfg = SelfLabelConfig(threshold=0.34, batch_size=16)
+    runs = []
+    for device in (cuda, CPU):
+        model = _tiny_selflabel_model().to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        resident = on_device(images, device)
+        assert resident.images.device.type == device.type
+        batches = iterate_batches(resident, 16, order=torch.randperm(96, generator=torch.Generator().manual_seed(0)))
+        if device.type == "cuda":
+            batches = strict(batches)
+        ema = EMA(model, 0.9)
+        runs.append(train_selflabel_epoch(model, batches, _Views(False), _Views(True), optimizer, device, cfg, ema))
+    on_cuda, on_cpu = runs
+    assert on_cuda["images"] == on_cpu["images"] == 96
+    assert on_cuda["pseudo_labelled"] == pytest.approx(on_cpu["pseudo_labelled"], abs=0.1)
+    assert on_cuda["loss"] == pytest.approx(on_cpu["loss"], rel=0.1)

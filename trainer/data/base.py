@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from trainer.device import fits_on_device
+
 
 class ImageSet(Dataset):
     """Abstract image set. Subclasses set the attributes below and implement `__getitem__`."""
@@ -98,8 +100,14 @@ class TensorImageSet(ImageSet):
     def fingerprint(self) -> str:
         digest = hashlib.sha256(f"{self.name}:{tuple(self.images.shape)}".encode())
         stride = max(1, len(self.images) // 512)
-        digest.update(self.images[::stride].numpy().tobytes())
+        digest.update(self.images[::stride].cpu().numpy().tobytes())
         return digest.hexdigest()[:16]
+
+    def to(self, device: torch.device) -> "TensorImageSet":
+        """The same set with its images tensor on `device` (labels stay where they are: evaluation only)."""
+        if self.images.device == torch.device(device):
+            return self
+        return TensorImageSet(self.images.to(device), self.labels, self.class_names, self.name, self.sources)
 
 
 class FileImageSet(ImageSet):
@@ -164,6 +172,16 @@ class _Indexed(Dataset):
         return index, self.images[index]
 
 
+def on_device(images: ImageSet, device: torch.device, share: float = 0.25) -> ImageSet:
+    """`images` with its uint8 tensor moved to `device` once, so that batches are sliced there with no
+    copy per step: when it is an in-memory set, `device` is CUDA and the tensor takes at most `share`
+    of the free device memory. Otherwise (CPU, files, too large) `images` itself.
+    """
+    if isinstance(images, TensorImageSet) and fits_on_device(images.images.nbytes, device, share):
+        return images.to(device)
+    return images
+
+
 def iterate_batches(
     images: ImageSet,
     batch_size: int,
@@ -174,17 +192,20 @@ def iterate_batches(
     num_workers: int = 0,
     order: Optional[torch.Tensor] = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield `(indices (B,) int64, images (B, C, H, W) uint8)` on the CPU.
+    """Yield `(indices (B,) int64, images (B, C, H, W) uint8)`: on the CPU, or on the device an
+    in-memory set's tensor lives on (`on_device`), where they are sliced without a host sync.
 
     In-memory sets are sliced directly (no per-sample Python work); file sets decode in
     `num_workers` DataLoader workers. `order` fixes the visiting order (used to resume an
-    epoch); otherwise `shuffle` draws one from `generator`.
+    epoch); otherwise `shuffle` draws one from `generator` (on the CPU, so the order does not
+    depend on the device).
     """
     n = len(images)
     if order is None:
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = (len(order) // batch_size) * batch_size if drop_last else len(order)
     if isinstance(images, TensorImageSet):
+        order = order.to(images.images.device)  # indices where the images are: slicing needs no sync
         for start in range(0, stop, batch_size):
             idx = order[start : min(start + batch_size, stop)]
             yield idx, images.images[idx]

@@ -15,14 +15,23 @@ from trainer.rundir import load_checkpoint
 
 
 def seed_epoch(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
-    """Seed this epoch's augmentation randomness; return the generator for its data order.
+    """Seed torch's default generators for this epoch; return the generator for its data order.
 
     Everything random in an epoch derives from (seed, epoch), so a resumed run repeats
     the interrupted epoch exactly. Under torchrun every rank draws the same data order
-    (the generator ignores `rank`) but its own augmentations.
+    (the generator ignores `rank`) but its own augmentations (see `augment_generator`).
     """
-    torch.manual_seed(seed * 100_003 + epoch + rank * 1_000_003)
+    torch.manual_seed(_augment_seed(seed, epoch, rank))
     return torch.Generator().manual_seed(seed * 7_919 + epoch)
+
+
+def _augment_seed(seed: int, epoch: int, rank: int) -> int:
+    return seed * 100_003 + epoch + rank * 1_000_003
+
+
+def augment_generator(seed: int, epoch: int, rank: int, device: torch.device) -> torch.Generator:
+    """The generator every augmentation of this epoch draws from, on `device`, seeded by (seed, epoch, rank)."""
+    return torch.Generator(device).manual_seed(_augment_seed(seed, epoch, rank))
 
 
 def checkpoint_payload(model: ScanModel, config: RunConfig, fingerprint: str, **extra: Any) -> dict[str, Any]:

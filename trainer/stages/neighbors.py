@@ -17,7 +17,8 @@ from trainer.config import RunConfig
 from trainer.data import load_dataset
 from trainer.embed import embed_images
 from trainer.evaluate import cluster_metrics, neighbor_purity
-from trainer.neighbors import assign, kmeans, mine_neighbors, resolve_faiss_gpu
+from trainer.device import use_channels_last
+from trainer.neighbors import assign, kmeans, knn_backend, mine_neighbors, resolve_faiss_gpu
 from trainer.atomic import atomic_save_npy
 from trainer.distributed import SINGLE, Distributed
 from trainer.rundir import RunDir
@@ -39,15 +40,18 @@ def run_neighbors(
     train = load_dataset(config.data, "train", seed=config.seed)
     test = load_dataset(config.data, "test", seed=config.seed)
     model, _ = load_stage_model(model_path, expected_fingerprint=train.fingerprint())
-    model.to(device)
+    channels_last = use_channels_last(device, config.pretext.channels_last)  # the layout pretext trained in
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     def embed(images, kind):
-        return embed_images(model, images, device, kind, cfg.batch_size, config.data.num_workers, progress)
+        return embed_images(model, images, device, kind, cfg.batch_size, config.data.num_workers, progress,
+                            channels_last)
 
     use_gpu = resolve_faiss_gpu(cfg.faiss_gpu, device.type)
     gpu_id = device.index or 0
+    backend = knn_backend(use_gpu, device)
     features = embed(train, cfg.feature)
-    indices, sims = mine_neighbors(features, cfg.k, use_gpu, gpu_id)
+    indices, sims = mine_neighbors(features, cfg.k, use_gpu, gpu_id, device if backend == "torch" else None)
     out = run.stage_dir(STAGE)
     atomic_save_npy(out / "neighbors_train.npy", indices)
     atomic_save_npy(out / "features_train.npy", features)
@@ -59,6 +63,7 @@ def run_neighbors(
         "train_images": len(train),
         "mean_neighbor_similarity": float(sims.mean()),
         "faiss_gpu": use_gpu,
+        "knn": backend,
     }
     if train.has_labels:
         labels = train.labels.numpy()

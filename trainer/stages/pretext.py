@@ -19,14 +19,15 @@ from tqdm import tqdm
 from trainer.augment import build_augment
 from trainer.config import PretextConfig, RunConfig
 from trainer.data import dataset_stats, load_dataset
-from trainer.data.base import ImageSet, iterate_batches
-from trainer.device import autocast, use_channels_last
+from trainer.data.base import ImageSet, iterate_batches, on_device
+from trainer.device import autocast, synchronize, use_channels_last
 from trainer.distributed import SINGLE, Distributed
 from trainer.errors import TrainerError
 from trainer.losses import nt_xent
 from trainer.models.scan_model import ScanModel
 from trainer.rundir import RunDir
-from trainer.stages.common import finish, resume, save_epoch, seed_epoch
+from trainer.stages.common import augment_generator, finish, resume, save_epoch, seed_epoch
+from trainer.stages.sums import EpochSums
 
 STAGE = "pretext"
 
@@ -54,22 +55,29 @@ def train_one_epoch(
     progress: Optional[tqdm] = None,
     project: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     dist: Distributed = SINGLE,
+    generator: Optional[torch.Generator] = None,
 ) -> dict[str, float]:
     """One pass over `batches` of uint8 images `(B, C, H, W)`; returns averaged metrics.
+
+    The views are drawn from `generator` (on `device`; torch's default generator when None).
 
     `project` replaces `model.project` (e.g. a torch.compile'd or DistributedDataParallel
     version of it). Under torchrun `batches` hold this rank's share of each global batch and
     the loss is NT-Xent over the gathered global batch (every rank's views are negatives).
-    Raises TrainerError on a non-finite loss rather than training on garbage.
+    The loss is summed on the device and read at sync points only (`EpochSums`): a non-finite
+    loss raises TrainerError rather than training on garbage, on CUDA up to `CHECK_EVERY` steps
+    after it happened. `seconds` covers the device work (the clock is read after a synchronize).
     """
     project = project or model.project
     model.train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    step, total_loss, seen, started = start_step, 0.0, 0, time.perf_counter()
+    sums = EpochSums(STAGE, "lower pretext.lr and restart", device, first_step=start_step)
+    step, lr, started = start_step, 0.0, time.perf_counter()
     for _, images in batches:
         images = images.to(device, non_blocking=True)
         with torch.no_grad():
-            views = torch.cat([augment(images), augment(images)]).contiguous(memory_format=memory_format)
+            views = torch.cat([augment(images, generator=generator), augment(images, generator=generator)])
+            views = views.contiguous(memory_format=memory_format)
         lr = lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -77,27 +85,27 @@ def train_one_epoch(
             z = project(views)
         z1, z2 = dist.gather(z.float().unflatten(0, (2, -1)), dim=1)  # both views, one collective
         loss = nt_xent(z1, z2, temperature)
-        if not torch.isfinite(loss):
-            raise TrainerError(f"pretext: the loss became {loss.item()} at step {step}; lower pretext.lr and restart")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         step += 1
         batch = images.shape[0] * dist.world_size
-        total_loss += loss.item() * batch
-        seen += batch
+        running = sums.add(loss, batch)
         if progress is not None:
             progress.update(batch)
-            progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
-    seconds = time.perf_counter() - started
-    if seen == 0:
+            if running is not None:
+                progress.set_postfix(loss=f"{running.item():.3f}", lr=f"{lr:.3g}")
+    if sums.images == 0:
         raise TrainerError("pretext: an epoch saw no batch (fewer images than 2?)")
+    mean_loss = sums.means().item()  # the one host read of the epoch (and the last finiteness check)
+    synchronize(device)
+    seconds = time.perf_counter() - started
     return {
-        "loss": total_loss / seen,
+        "loss": mean_loss,
         "lr": lr,
-        "images": seen,
+        "images": sums.images,
         "seconds": seconds,
-        "images_per_s": seen / seconds,
+        "images_per_s": sums.images / seconds,
         "step": step,
     }
 
@@ -172,10 +180,12 @@ def run_pretext(
         return cosine_lr(step, total_steps, cfg.lr, cfg.lr_decay_rate, cfg.warmup_epochs * steps_per_epoch)
 
     metrics: dict[str, float] = {}
+    # on CUDA the whole uint8 set moves to the device once (when it fits), and batches are sliced there
+    resident = on_device(train, device) if start_epoch < cfg.epochs else train
     for epoch in range(start_epoch, cfg.epochs):
         order = torch.randperm(len(train), generator=seed_epoch(config.seed, epoch, dist.rank))
         batches = iterate_batches(
-            train, local_batch, order=dist.shard(order, batch_size), drop_last=True,
+            resident, local_batch, order=dist.shard(order, batch_size), drop_last=True,
             num_workers=config.data.num_workers,
         )
         bar = tqdm(
@@ -189,6 +199,7 @@ def run_pretext(
             metrics = train_one_epoch(
                 model, batches, augment, optimizer, lr_at, epoch * steps_per_epoch, device,
                 cfg.temperature, channels_last, bar, project, dist,
+                generator=augment_generator(config.seed, epoch, dist.rank, device),
             )
         elapsed += metrics["seconds"]
         if not dist.is_main:

@@ -20,17 +20,18 @@ from tqdm import tqdm
 from trainer.augment import build_augment
 from trainer.config import RunConfig
 from trainer.data import load_dataset
-from trainer.data.base import ImageSet, TensorImageSet
-from trainer.device import autocast
+from trainer.data.base import ImageSet, TensorImageSet, on_device
+from trainer.device import autocast, synchronize
 from trainer.distributed import SINGLE, Distributed
-from trainer.embed import embed_images, predict_images
+from trainer.embed import embed_tensor, predict_images
 from trainer.errors import CheckpointError, TrainerError
 from trainer.losses import scan_loss
 from trainer.models.scan_model import ScanModel
 from trainer.rundir import RunDir, load_checkpoint
-from trainer.stages.common import finish, load_stage_model, resume, save_epoch, seed_epoch
+from trainer.stages.common import augment_generator, finish, load_stage_model, resume, save_epoch, seed_epoch
 from trainer.stages.neighbors import STAGE as NEIGHBORS
 from trainer.stages.pretext import STAGE as PRETEXT
+from trainer.stages.sums import EpochSums
 from trainer.summary import health_of, summarize_clustering, test_metrics
 
 STAGE = "scan"
@@ -60,19 +61,23 @@ def pair_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of `(anchors, one random mined neighbor of each)`, in a random order.
 
-    `source` is an in-memory tensor indexed by sample (uint8 images or cached features) or
-    a lazily decoded ImageSet (decoded in `num_workers` DataLoader workers). Under torchrun
-    every rank draws the same order and partners and yields its share of each global batch.
+    `source` is an in-memory tensor indexed by sample (uint8 images or cached features), sliced
+    on whatever device it lives on (order and partners move there once, so slicing a CUDA tensor
+    needs no host sync), or a lazily decoded ImageSet (decoded in `num_workers` DataLoader workers).
+    The order and partners are drawn on the CPU from `generator`, so they do not depend on the
+    device. Under torchrun every rank draws the same order and partners and yields its share of
+    each global batch.
     """
     n, k = neighbors.shape
     order = torch.randperm(n, generator=generator)
-    partner = neighbors[torch.arange(n), torch.randint(k, (n,), generator=generator)]
+    partner = neighbors.cpu()[torch.arange(n), torch.randint(k, (n,), generator=generator)]
     if dist.enabled:
         order, batch_size = dist.shard(order, batch_size), dist.local_batch(batch_size, "scan.batch_size")
         stop = len(order)
     else:
         stop = (n // batch_size) * batch_size if n >= batch_size else n
     if isinstance(source, torch.Tensor):
+        order, partner = order.to(source.device), partner.to(source.device)
         for start in range(0, stop, batch_size):
             idx = order[start : start + batch_size]
             yield source[idx], source[partner[idx]]
@@ -110,6 +115,7 @@ def train_scan_epoch(
     progress: Optional[tqdm] = None,
     logits_of: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     dist: Distributed = SINGLE,
+    generator: Optional[torch.Generator] = None,
 ) -> dict[str, Any]:
     """One pass of SCAN over anchor/neighbor batches; returns averaged metrics, per head too.
 
@@ -126,8 +132,8 @@ def train_scan_epoch(
     if head_only:
         model.backbone.eval()  # frozen backbone: BatchNorm statistics stay as pretext left them
     num_heads = model.cluster_heads.num_heads
-    sums = torch.zeros(3, num_heads, dtype=torch.float64)
-    seen, started = 0, time.perf_counter()
+    sums = EpochSums(STAGE, "lower scan.lr and restart", device, shape=(3, num_heads))
+    started = time.perf_counter()
     for anchors, neighbors in batches:
         b = anchors.shape[0]
         anchors, neighbors = anchors.to(device, non_blocking=True), neighbors.to(device, non_blocking=True)
@@ -135,36 +141,35 @@ def train_scan_epoch(
             if cached_features:
                 x = torch.cat([anchors, neighbors])
             elif augment is not None:
-                x = torch.cat([augment(anchors), augment(neighbors)])
+                x = torch.cat([augment(anchors, generator=generator), augment(neighbors, generator=generator)])
             else:
                 x = torch.cat([anchors, neighbors]).float().div_(255)
         logits = logits_of(x)
         pairs = dist.gather(logits.unflatten(1, (2, b)), dim=2)  # (H, 2, global batch, C), one collective
-        parts = [scan_loss(pairs[h, 0], pairs[h, 1], entropy_weight) for h in range(num_heads)]
+        parts = torch.stack(scan_loss(pairs[:, 0], pairs[:, 1], entropy_weight))  # (3, H): total, consistency, entropy
         b *= dist.world_size
-        loss = torch.stack([total for total, _, _ in parts]).sum()
-        if not torch.isfinite(loss):
-            raise TrainerError(f"scan: the loss became {loss.item()}; lower scan.lr and restart")
+        loss = parts[0].sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        sums += torch.tensor([[p[i].item() for p in parts] for i in range(3)], dtype=torch.float64) * b
-        seen += b
+        running = sums.add(parts, b)  # on the device; checked for non-finite values at the sync points
         if progress is not None:
             progress.update(b)
-            progress.set_postfix(loss=f"{loss.item() / num_heads:.3f}")
-    if seen == 0:
+            if running is not None:
+                progress.set_postfix(loss=f"{running[0].mean().item():.3f}")
+    if sums.images == 0:
         raise TrainerError("scan: an epoch saw no batch")
-    means = sums / seen
+    means = sums.means()
+    synchronize(device)
     seconds = time.perf_counter() - started
     return {
         "loss": float(means[0].mean()),
         "consistency": float(means[1].mean()),
         "entropy": float(means[2].mean()),
         "head_loss": [round(float(v), 5) for v in means[0]],
-        "images": seen,
+        "images": sums.images,
         "seconds": seconds,
-        "images_per_s": seen / seconds,
+        "images_per_s": sums.images / seconds,
     }
 
 
@@ -238,15 +243,18 @@ def run_scan(
 
     start_epoch, elapsed, _ = resume(checkpoint_path, model, optimizer, fingerprint, STAGE, dist.is_main)
     logits_of = dist.parallel(model, functools.partial(scan_logits, head_only=head_only, cached=cached))
+    # What pair_batches slices. On CUDA it lives on the device (no copy per step): the cached
+    # features always, the uint8 images when they fit; files are decoded by DataLoader workers.
     source: torch.Tensor | ImageSet
     if cached:
         def embed_part(indices: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(embed_images(model, train.subset(indices), device, "raw",
-                                                 config.neighbors.batch_size, config.data.num_workers))
+            return embed_tensor(model, train.subset(indices), device, "raw", config.neighbors.batch_size,
+                                config.data.num_workers)
 
         source = dist.rows_from_shards(len(train), embed_part, device)  # each rank embeds 1/W, all get all
     else:
-        source = train.images if isinstance(train, TensorImageSet) else train
+        resident = on_device(train, device)
+        source = resident.images if isinstance(resident, TensorImageSet) else resident
 
     for epoch in range(start_epoch, cfg.epochs):
         generator = seed_epoch(config.seed, epoch, dist.rank)
@@ -254,7 +262,8 @@ def run_scan(
         with tqdm(total=(len(train) // batch_size) * batch_size, desc=f"scan {epoch + 1}/{cfg.epochs}", unit="img",
                   disable=not progress, leave=False) as bar:
             metrics = train_scan_epoch(model, batches, optimizer, device, cfg.entropy_weight, augment, head_only,
-                                       cached, bar, logits_of, dist)
+                                       cached, bar, logits_of, dist,
+                                       generator=augment_generator(config.seed, epoch, dist.rank, device))
         elapsed += metrics["seconds"]
         if not dist.is_main:
             continue

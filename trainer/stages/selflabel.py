@@ -22,8 +22,8 @@ from tqdm import tqdm
 from trainer.augment import build_augment
 from trainer.config import RunConfig, SelfLabelConfig
 from trainer.data import load_dataset
-from trainer.data.base import iterate_batches
-from trainer.device import autocast
+from trainer.data.base import iterate_batches, on_device
+from trainer.device import autocast, synchronize
 from trainer.distributed import SINGLE, Distributed
 from trainer.embed import predict_images
 from trainer.errors import TrainerError
@@ -32,8 +32,11 @@ from trainer.losses import selflabel_loss
 from trainer.models.scan_model import ScanModel
 from trainer.atomic import atomic_torch_save
 from trainer.rundir import RunDir, load_checkpoint
-from trainer.stages.common import checkpoint_payload, load_stage_model, resume, save_epoch, seed_epoch
+from trainer.stages.common import (
+    augment_generator, checkpoint_payload, load_stage_model, resume, save_epoch, seed_epoch,
+)
 from trainer.stages.scan import STAGE as SCAN
+from trainer.stages.sums import EpochSums
 from trainer.summary import health_of, summarize_clustering
 
 STAGE = "selflabel"
@@ -67,22 +70,28 @@ def train_selflabel_epoch(
     progress: Optional[tqdm] = None,
     logits_of: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     dist: Distributed = SINGLE,
+    generator: Optional[torch.Generator] = None,
 ) -> dict[str, float]:
     """One pass: pseudo-labels from `weak` views (no gradient), cross entropy on `learn` views (strong or weak).
 
+    Both views are drawn from `generator` (on `device`; torch's default generator when None).
+
     `logits_of` replaces `model.cluster_logits` for the learned views (under torchrun, its
     DistributedDataParallel form); the loss then covers the gathered global batch, so the
-    confidence mask and the class-balancing weights are those of the global batch.
+    confidence mask and the class-balancing weights are those of the global batch. Loss and
+    pseudo-labelled fraction are summed on the device and read at sync points only
+    (`EpochSums`): a non-finite loss raises TrainerError, on CUDA up to `CHECK_EVERY` steps late.
     """
     logits_of = logits_of or model.cluster_logits
     model.train()
     if cfg.update == "head":
         model.backbone.eval()
-    total, masked, seen, started = 0.0, 0.0, 0, time.perf_counter()
+    sums = EpochSums(STAGE, "lower selflabel.lr and restart", device, shape=(2,))
+    started = time.perf_counter()
     for _, images in batches:
         images = images.to(device, non_blocking=True)
         with torch.no_grad():
-            weak_views, learn_views = weak(images), learn(images)
+            weak_views, learn_views = weak(images, generator=generator), learn(images, generator=generator)
             model.eval()
             with autocast(device):
                 weak_logits = model.cluster_logits(weak_views)[0]
@@ -93,25 +102,24 @@ def train_selflabel_epoch(
             learn_logits = logits_of(learn_views)[0]
         weak_logits, learn_logits = dist.gather(torch.stack([weak_logits.float(), learn_logits.float()]), dim=1)
         loss, fraction = selflabel_loss(weak_logits, learn_logits, cfg.threshold, cfg.class_balance)
-        if not torch.isfinite(loss):
-            raise TrainerError(f"selflabel: the loss became {loss.item()}; lower selflabel.lr and restart")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if ema is not None:
             ema.update(model)
         b = images.shape[0] * dist.world_size
-        total += loss.item() * b
-        masked += fraction.item() * b
-        seen += b
+        running = sums.add(torch.stack([loss, fraction]), b)  # on the device; checked at the sync points
         if progress is not None:
             progress.update(b)
-            progress.set_postfix(loss=f"{loss.item():.3f}", confident=f"{fraction.item():.2f}")
-    if seen == 0:
+            if running is not None:
+                progress.set_postfix(loss=f"{running[0].item():.3f}", confident=f"{running[1].item():.2f}")
+    if sums.images == 0:
         raise TrainerError("selflabel: an epoch saw no batch")
+    means = sums.means()
+    synchronize(device)
     seconds = time.perf_counter() - started
-    return {"loss": total / seen, "pseudo_labelled": masked / seen, "images": seen, "seconds": seconds,
-            "images_per_s": seen / seconds}
+    return {"loss": means[0].item(), "pseudo_labelled": means[1].item(), "images": sums.images, "seconds": seconds,
+            "images_per_s": sums.images / seconds}
 
 
 def run_selflabel(
@@ -169,21 +177,24 @@ def run_selflabel(
     stop_reason: Optional[str] = state.get("stop_reason")
 
     epoch = start_epoch
+    # on CUDA the whole uint8 set moves to the device once (when it fits), and batches are sliced there
+    resident = on_device(train, device) if stop_reason is None and epoch < cfg.epochs else train
     while stop_reason is None and epoch < cfg.epochs:
         order = torch.randperm(len(train), generator=seed_epoch(config.seed, epoch, dist.rank))
-        batches = iterate_batches(train, local_batch, order=dist.shard(order, batch_size), drop_last=True,
+        batches = iterate_batches(resident, local_batch, order=dist.shard(order, batch_size), drop_last=True,
                                   num_workers=workers)
         with tqdm(total=len(train), desc=f"selflabel {epoch + 1}/{cfg.epochs}", unit="img", disable=not progress,
                   leave=False) as bar:
             metrics = train_selflabel_epoch(model, batches, weak, learn, optimizer, device, cfg, ema, bar,
-                                            learn_logits_of, dist)
+                                            learn_logits_of, dist,
+                                            generator=augment_generator(config.seed, epoch, dist.rank, device))
         epoch += 1
         if not dist.is_main:
             stop_reason = dist.broadcast(None)  # rank 0's guard verdict
             continue
         evaluated = ema.model if ema is not None else model
         with dist.alone(device):
-            probs, _ = predict_images(evaluated, train, device, eval_batch, workers)
+            probs, _ = predict_images(evaluated, resident, device, eval_batch, workers)
         health = health_of(probs[0], config, reference)
         problems = guard.problems(health)
         elapsed += metrics["seconds"]
