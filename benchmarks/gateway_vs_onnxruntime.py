@@ -15,7 +15,6 @@ It prints images/s, p50 and p99 latency per request, the throughput ratio and th
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import command_line, machine  # noqa: E402
+from benchmarks.common import command_line, machine, write_json  # noqa: E402
 from export.graph import onnx_session  # noqa: E402
 from export.repository import ModelRepository  # noqa: E402
 from scan_serve.process import spawn_gateway  # noqa: E402
@@ -125,9 +124,7 @@ def main() -> None:
         result = {"command": command_line(), "machine": machine(torch.device("cpu")),
                   "model": f"{version.name}/{version.version}", "image_shape": [c, h, w], "threads": args.threads,
                   "seconds_per_arm": args.seconds, "top_k_prototypes": args.top_k, "results": rows}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

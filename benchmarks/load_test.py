@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import threading
 import time
@@ -27,7 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import command_line, machine  # noqa: E402
+from benchmarks.common import command_line, machine, write_json  # noqa: E402
 from benchmarks.gateway_vs_onnxruntime import start_gateway  # noqa: E402
 from scan_serve.process import resident_mb  # noqa: E402
 from scan_serve.proto import scan_pb2, scan_pb2_grpc  # noqa: E402
@@ -113,9 +112,7 @@ def main() -> None:
           f"{result['p99_ms']:.1f} ms, errors {dict(errors) or 0}; server RSS {memory['start_mb']:.0f} -> "
           f"{memory['middle_mb']:.0f} -> {memory['end_mb']:.0f} MB")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ images/s per arm and the median ratio. Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import command_line, machine  # noqa: E402
+from benchmarks.common import command_line, machine, write_json  # noqa: E402
 from export.graph import ServedModel, onnx_session  # noqa: E402
 from export.repository import ModelRepository  # noqa: E402
 from trainer.config import config_from_dict  # noqa: E402
@@ -93,9 +92,7 @@ def main() -> None:
         result = {"command": command_line(), "machine": machine(torch.device("cpu")),
                   "model": f"{version.name}/{version.version}", "image_shape": list(images.shape[1:]),
                   "threads": args.threads, "rounds": args.rounds, "seconds_per_arm": args.seconds, "results": rows}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ device and compare the per-epoch seconds (the GPU goal: at least 10x faster than
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import command_line, machine  # noqa: E402
+from benchmarks.common import command_line, machine, write_json  # noqa: E402
 from trainer.config import ModelConfig  # noqa: E402
 from trainer.device import resolve_device  # noqa: E402
 from trainer.models.scan_model import ScanModel  # noqa: E402
@@ -73,9 +72,7 @@ def main() -> None:
     }
     print(f"median epoch: {result['median_epoch_seconds']:.3f} s on {device}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":
