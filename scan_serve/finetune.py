@@ -1,9 +1,9 @@
 """A fine-tuning job, run in its own process: `python -m scan_serve.finetune --store S --job ID ...`.
 
-Starts from the base version's PyTorch weights (`finetune.pt`), self-labels on the stored images
-(class-balanced cross entropy on augmented views, trainer.stages.selflabel's epoch), checks every
-epoch and the result with the collapse guard (trainer.health.CollapseGuard) against the base
-model on the same images, label-free:
+Starts from the base version's PyTorch weights (`finetune.pt`) and self-labels on the stored
+images through the selflabel stage's loop (trainer.stages.selflabel.GuardedSelfLabeling:
+class-balanced cross entropy on augmented views), which checks every epoch and the result with the
+collapse guard (trainer.health.CollapseGuard) against the base model on the same images, label-free:
   clusters not emptied (populated and non-empty counts), cluster-size entropy not collapsed,
   agreement with the base model above a floor, confident fraction not lower.
 A passing job publishes a new version through export.publish.export_model (atomic, with new
@@ -27,41 +27,15 @@ import torch
 from export.prototypes import PrototypeSelection
 from export.publish import ExportInputs, export_model, triton_options_of
 from export.repository import ModelRepository
+from scan_serve.finetune_options import MIN_IMAGES_PER_CLUSTER, finetune_options
 from scan_serve.store import FINAL_STATES, ImageStore
-from trainer.augment import build_augment
-from trainer.config import RunConfig, config_from_dict
-from trainer.data.base import TensorImageSet, iterate_batches, on_device, seeded_subset_indices
+from trainer.config import config_from_dict
+from trainer.data.base import TensorImageSet, seeded_subset_indices
 from trainer.data.preprocess import ImageDecodeError, decode_image
 from trainer.device import configure_cpu_threads, resolve_device
-from trainer.embed import predict_images
-from trainer.health import CollapseGuard, measure_health
-from trainer.stages.common import augment_generator, load_stage_model, seed_epoch
-from trainer.stages.selflabel import train_selflabel_epoch
-
-DEFAULT_EPOCHS = 5
-DEFAULT_MIN_AGREEMENT = 0.6
-MIN_IMAGES_PER_CLUSTER = 10
-
-
-def job_options(request: dict[str, Any], config: RunConfig) -> dict[str, Any]:
-    """The request's options with every default filled in from the base version's training config."""
-    augment = request.get("augment") or config.selflabel.augment
-    if augment not in ("strong", "weak"):
-        raise ValueError(f"augment must be 'strong' or 'weak', got {augment!r}")
-    options = {
-        "epochs": int(request.get("epochs") or DEFAULT_EPOCHS),
-        "threshold": float(request.get("threshold") or config.selflabel.threshold),
-        "max_images": int(request.get("max_images") or 0),
-        "lr": float(request.get("learning_rate") or config.selflabel.lr),
-        "min_agreement": float(request.get("min_agreement") or DEFAULT_MIN_AGREEMENT),
-        "augment": augment,
-        "class_balance": not request.get("no_class_balance", False),
-    }
-    if not 0 < options["threshold"] < 1:
-        raise ValueError(f"threshold must be within (0, 1), got {options['threshold']}")
-    if not 1 <= options["epochs"] <= 1000:
-        raise ValueError(f"epochs must be within 1..1000, got {options['epochs']}")
-    return options
+from trainer.health import Health
+from trainer.stages.common import load_stage_model
+from trainer.stages.selflabel import GuardedSelfLabeling
 
 
 def load_stored_images(store: ImageStore, limit: int, channels: int, size: int) -> TensorImageSet:
@@ -94,63 +68,41 @@ def run_job(store_root: Path, job_id: str, repository: Path, model_name: str, de
     base = repo.load(model_name, job["base_version"], verify=True)
     model, payload = load_stage_model(base.finetune_path)
     config = config_from_dict(payload["config"])
-    options = job_options(job["options"], config)
+    options = finetune_options(job["options"], config.selflabel)
     channels, size = int(base.metadata["input"]["channels"]), int(base.metadata["input"]["height"])
-    images = load_stored_images(store, options["max_images"], channels, size)
+    images = load_stored_images(store, options.max_images, channels, size)
     clusters = int(base.metadata["num_clusters"])
     if len(images) < MIN_IMAGES_PER_CLUSTER * clusters:
         return store.finish_job(job_id, "failed", f"{len(images)} stored images; fine-tuning needs at least "
                                 f"{MIN_IMAGES_PER_CLUSTER * clusters} ({MIN_IMAGES_PER_CLUSTER} per cluster)")["state"]
     store.update_job(job_id, images=len(images), progress=0.02)
 
-    cfg = dataclasses.replace(config.selflabel, epochs=options["epochs"], lr=options["lr"],
-                              threshold=options["threshold"], class_balance=options["class_balance"],
-                              augment=options["augment"], ema=None)
-    min_share = config.selflabel.guard_min_cluster_share
+    cfg = dataclasses.replace(config.selflabel, epochs=options.epochs, lr=options.lr, threshold=options.threshold,
+                              class_balance=options.class_balance, augment=options.augment, ema=None,
+                              guard_min_agreement=options.min_agreement)
     model.to(device)
-    start_probs, _ = predict_images(model, images, device)
-    reference = start_probs[0].argmax(axis=1)
-    baseline = measure_health(start_probs[0], cfg.threshold, reference, min_share)
-    guard = CollapseGuard(baseline, options["min_agreement"], cfg.guard_entropy_drop)
-    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    best_state, best = None, {"epoch": 0, "confident_fraction": baseline.confident_fraction}
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                 weight_decay=cfg.weight_decay)
-    weak = build_augment("weak", size, channels, config.augment).to(device)
-    learn = build_augment(cfg.augment, size, channels, config.augment).to(device)
-    batch_size = min(cfg.batch_size, len(images))
-    stop_problems, history = [], []
-    resident = on_device(images, device)  # on CUDA the stored images move once (when they fit), not every step
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(len(images), generator=seed_epoch(config.seed, epoch))
-        batches = iterate_batches(resident, batch_size, order=order, drop_last=len(images) >= batch_size)
-        metrics = train_selflabel_epoch(model, batches, weak, learn, optimizer, device, cfg,
-                                        generator=augment_generator(config.seed, epoch, 0, device))
-        probs, _ = predict_images(model, images, device)
-        health = measure_health(probs[0], cfg.threshold, reference, min_share)
-        problems = guard.problems(health)
-        history.append({"epoch": epoch + 1, "loss": round(metrics["loss"], 5), "health": health.to_dict(),
+    loop = GuardedSelfLabeling(model, images, device, cfg, config.augment, config.seed)
+    history: list[dict[str, Any]] = []
+
+    def report_epoch(epoch: int, metrics: dict[str, Any], health: Health, problems: list[str]) -> None:
+        history.append({"epoch": epoch, "loss": round(metrics["loss"], 5), "health": health.to_dict(),
                         "problems": problems})
-        store.update_job(job_id, progress=0.05 + 0.85 * (epoch + 1) / cfg.epochs)
-        print(f"job {job_id} epoch {epoch + 1}/{cfg.epochs}: confident {health.confident_fraction:.3f}, "
+        store.update_job(job_id, progress=0.05 + 0.85 * epoch / cfg.epochs)
+        print(f"job {job_id} epoch {epoch}/{cfg.epochs}: confident {health.confident_fraction:.3f}, "
               f"agreement {health.agreement:.3f}, populated {health.populated}/{health.clusters}"
               + (f" -- guard: {'; '.join(problems)}" if problems else ""), flush=True)
-        if problems:
-            stop_problems = [f"epoch {epoch + 1}: {problem}" for problem in problems]
-            break
-        if health.confident_fraction > best["confident_fraction"]:
-            best = {"epoch": epoch + 1, "confident_fraction": health.confident_fraction}
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    model.load_state_dict(best_state if best_state is not None else start_state)
-    probs, embeddings = predict_images(model, images, device)
-    final = measure_health(probs[0], cfg.threshold, reference, min_share)
-    failures = guard.rejects_as_final(final)
-    if best_state is None:
-        failures = (stop_problems or [f"no epoch raised the confident fraction above the served model's "
-                                      f"{baseline.confident_fraction:.3f}"]) + failures
-    gate = {"baseline": baseline.to_dict(), "candidate": final.to_dict(), "kept_epoch": best["epoch"],
-            "min_agreement": options["min_agreement"], "entropy_drop": cfg.guard_entropy_drop, "history": history}
+    loop.run(report_epoch)
+    result = loop.finish()
+    baseline, final = loop.baseline, result.health
+    failures = result.refusal
+    if loop.best["epoch"] == 0:
+        stopped = [f"epoch {h['epoch']}: {problem}" for h in history for problem in h["problems"]]
+        unimproved = ("no epoch raised the confident fraction above the served model's "
+                      f"{baseline.confident_fraction:.3f}")
+        failures = (stopped or [unimproved]) + failures
+    gate = {"baseline": baseline.to_dict(), "candidate": final.to_dict(), "kept_epoch": result.kept_epoch,
+            "min_agreement": options.min_agreement, "entropy_drop": cfg.guard_entropy_drop, "history": history}
     if failures:
         return store.finish_job(job_id, "rejected", "the safety gate refused the fine-tuned model: "
                                 + "; ".join(failures), gate_failures=failures, gate=gate, progress=1.0)["state"]
@@ -158,8 +110,8 @@ def run_job(store_root: Path, job_id: str, repository: Path, model_name: str, de
     store.update_job(job_id, progress=0.92, gate=gate)
     parity = seeded_subset_indices(len(images), 256, config.seed)
     parity_indices = range(len(images)) if parity is None else parity
-    selection = PrototypeSelection.from_predictions(probs[0], embeddings, images.source, config.report.prototypes,
-                                                    config.report.confident_share)
+    selection = PrototypeSelection.from_predictions(result.probs, result.embeddings, images.source,
+                                                    config.report.prototypes, config.report.confident_share)
     stacked = images.images.numpy()
     inputs = ExportInputs(
         image_size=size,
@@ -169,8 +121,8 @@ def run_job(store_root: Path, job_id: str, repository: Path, model_name: str, de
         threshold=float(base.metadata["confidence_threshold"]),
         source={"run": base.metadata.get("source", {}).get("run"), "stage": "finetune", "head": 0,
                 "fine_tune_job": job_id, "base_version": base.version, "images": len(images),
-                "kept": f"fine-tune epoch {best['epoch']}", "health": final.to_dict(), "options": options,
-                "data": "image store", "train_images": len(images)},
+                "kept": f"fine-tune epoch {result.kept_epoch}", "health": final.to_dict(),
+                "options": dataclasses.asdict(options), "data": "image store", "train_images": len(images)},
         training_config=config.to_dict(),
         data_fingerprint=images.fingerprint(),
         cluster_names=base.metadata.get("cluster_names"),
@@ -179,9 +131,9 @@ def run_job(store_root: Path, job_id: str, repository: Path, model_name: str, de
     # The gateway marks the job SUCCEEDED once it serves the new version, so a client that sees
     # SUCCEEDED gets answers from it.
     store.update_job(job_id, unless_final=True, new_version=published.version, progress=1.0,
-                     message=f"published {model_name} version {published.version} (epoch {best['epoch']}: confident "
-                             f"{final.confident_fraction:.3f} vs {baseline.confident_fraction:.3f}, agreement "
-                             f"{final.agreement:.3f})")
+                     message=f"published {model_name} version {published.version} (epoch {result.kept_epoch}: "
+                             f"confident {final.confident_fraction:.3f} vs {baseline.confident_fraction:.3f}, "
+                             f"agreement {final.agreement:.3f})")
     return "published"
 
 

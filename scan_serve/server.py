@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from export.repository import ModelRepository, ModelVersion
 from scan_serve.backends import Backend, OnnxRuntimeBackend, TritonBackend
 from scan_serve.errors import InvalidInput, ServeError, StartupError
+from scan_serve.finetune_options import MIN_IMAGES_PER_CLUSTER, OptionError, check_options
 from scan_serve.inputs import InputLimits, check_request, prepare_image, prepare_images, raw_picture
 from scan_serve.jobs import JobManager
 from scan_serve.metrics import Metrics
@@ -355,20 +356,19 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
     def StartFineTune(self, request: scan_pb2.StartFineTuneRequest, context: grpc.ServicerContext):
         jobs = self._jobs()
         served = self.gateway.current
-        if request.epochs > 1000:
-            raise InvalidInput(f"epochs is {request.epochs}, more than 1000")
-        if not 0 <= request.threshold < 1 or not 0 <= request.min_agreement <= 1 or request.learning_rate < 0:
-            raise InvalidInput("threshold must be within [0, 1), min_agreement within [0, 1], learning_rate >= 0")
-        if request.augment not in ("", "strong", "weak"):
-            raise InvalidInput(f"augment must be 'strong' or 'weak', got {request.augment!r}")
-        needed = 10 * served.num_clusters
-        available = jobs.store.count()
-        if available < needed:
-            raise ServeError(f"the store holds {available} images; fine-tuning needs at least {needed} "
-                             "(10 per cluster): submit more with SubmitImages", grpc.StatusCode.FAILED_PRECONDITION)
         options = {"epochs": request.epochs, "threshold": request.threshold, "max_images": request.max_images,
                    "learning_rate": request.learning_rate, "min_agreement": request.min_agreement,
                    "augment": request.augment, "no_class_balance": request.no_class_balance}
+        try:
+            check_options(options)  # the job fills in the defaults from the base version's training config
+        except OptionError as exc:
+            raise InvalidInput(str(exc)) from None
+        needed = MIN_IMAGES_PER_CLUSTER * served.num_clusters
+        available = jobs.store.count()
+        if available < needed:
+            raise ServeError(f"the store holds {available} images; fine-tuning needs at least {needed} "
+                             f"({MIN_IMAGES_PER_CLUSTER} per cluster): submit more with SubmitImages",
+                             grpc.StatusCode.FAILED_PRECONDITION)
         return _job_message(jobs.submit(options, served.number))
 
     @_observed("GetFineTuneJob")

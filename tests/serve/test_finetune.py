@@ -121,9 +121,12 @@ def test_operator_rpcs_need_the_token_and_check_what_they_get(served, fashion_te
         stub.StartFineTune(scan_pb2.StartFineTuneRequest(), metadata=OPERATOR)
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "holds 40 images; fine-tuning needs at least 100" in error.value.details()
-    with pytest.raises(grpc.RpcError) as error:
-        stub.StartFineTune(scan_pb2.StartFineTuneRequest(augment="wild"), metadata=OPERATOR)
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for bad, option in ((scan_pb2.StartFineTuneRequest(augment="wild"), "augment must be"),
+                        (scan_pb2.StartFineTuneRequest(epochs=1001), "epochs must be within 1..1000"),
+                        (scan_pb2.StartFineTuneRequest(threshold=1.5), "threshold must be within (0, 1)")):
+        with pytest.raises(grpc.RpcError) as error:
+            stub.StartFineTune(bad, metadata=OPERATOR)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and option in error.value.details()
     with pytest.raises(grpc.RpcError) as error:
         stub.GetFineTuneJob(scan_pb2.GetFineTuneJobRequest(id="nope"), metadata=OPERATOR)
     assert error.value.code() == grpc.StatusCode.NOT_FOUND

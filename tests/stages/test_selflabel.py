@@ -173,3 +173,71 @@ def test_selflabel_epoch_on_cuda_never_waits_for_the_gpu():
     assert on_cuda["images"] == on_cpu["images"] == 96
     assert on_cuda["pseudo_labelled"] == pytest.approx(on_cpu["pseudo_labelled"], abs=0.1)
     assert on_cuda["loss"] == pytest.approx(on_cpu["loss"], rel=0.1)
+
+
+def _scan_model_and_images(config, run):
+    from trainer.data import load_dataset
+    from trainer.stages.common import load_stage_model
+
+    model, scan_state = load_stage_model(run.stage_dir("scan") / "model.pt")
+    model.keep_head(scan_state["chosen_head"])
+    return model, load_dataset(config.data, "train", seed=config.seed)
+
+
+@needs_fashion_mnist
+def test_the_guarded_loop_keeps_the_start_model_when_the_guard_refuses_the_first_epoch(scanned):
+    from trainer.stages.selflabel import GuardedSelfLabeling
+
+    config, run = scanned
+    model, train = _scan_model_and_images(config, run)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    # agreement 1.0 required: the first epoch that moves any prediction is refused
+    cfg = dataclasses.replace(config.selflabel, lr=0.01, threshold=0.2, class_balance=False, epochs=3,
+                              guard_min_agreement=1.0)
+    loop = GuardedSelfLabeling(model, train, CPU, cfg, config.augment, config.seed)
+    seen = []
+    loop.run(lambda epoch, metrics, health, problems: seen.append((epoch, metrics["images"], problems)))
+    result = loop.finish()
+
+    assert loop.baseline.agreement == 1.0
+    ((epoch, images, problems),) = seen  # the hook saw one epoch, the one the guard refused
+    assert epoch == loop.epoch == 1 and images == 2000 // cfg.batch_size * cfg.batch_size
+    assert any("agreement with the starting model" in p for p in problems)
+    assert loop.stop_reason == "epoch 1: " + "; ".join(problems)
+    assert loop.best == {"epoch": 0, "confident_fraction": loop.baseline.confident_fraction}
+    assert loop.keep_best.state == {}  # no best state was ever saved
+    assert result.kept_epoch == 0 and result.refusal == [] and result.health == loop.baseline
+    assert result.probs.shape == (2000, 10) and result.embeddings.shape[0] == 2000
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, start[name], rtol=0, atol=0)
+
+
+@needs_fashion_mnist
+def test_the_guarded_loop_ends_holding_its_most_confident_healthy_epoch(scanned):
+    from trainer.stages.selflabel import GuardedSelfLabeling, state_copy
+
+    config, run = scanned
+    model, train = _scan_model_and_images(config, run)
+    start = state_copy(model)
+    # heads only, gently: here epoch 1 is healthy and more confident, epoch 2 empties a cluster
+    cfg = dataclasses.replace(config.selflabel, lr=1e-4, threshold=0.2, epochs=3, update="head",
+                              guard_min_agreement=0.0, guard_entropy_drop=1.0)
+    loop = GuardedSelfLabeling(model, train, CPU, cfg, config.augment, config.seed)
+    healthy, states = {}, {0: start}
+
+    def record(epoch, metrics, health, problems):
+        if not problems:
+            healthy[epoch] = health.confident_fraction
+        states[epoch] = state_copy(model)
+
+    loop.run(record)
+    result = loop.finish()
+
+    better = [e for e in healthy if healthy[e] > loop.baseline.confident_fraction]
+    expected = max(better, key=healthy.get, default=0)
+    assert result.kept_epoch == loop.best["epoch"] == expected and result.refusal == []
+    assert result.health.confident_fraction == healthy.get(expected, loop.baseline.confident_fraction)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, states[expected][name], rtol=0, atol=0)
+        if name.startswith("backbone."):  # update: head never changes the backbone
+            torch.testing.assert_close(value, start[name], rtol=0, atol=0)
