@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 
 
 def command_line() -> str:
-    return " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    return " ".join([Path(sys.argv[0]).as_posix(), *map(shlex.quote, sys.argv[1:])])
 
 
 def machine(device: torch.device) -> dict:

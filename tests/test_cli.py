@@ -60,6 +60,14 @@ def test_folder_preset_without_a_root_says_how_to_give_one(tmp_path):
     assert result.returncode == 2 and "--set data.root=PATH" in result.stderr
 
 
+def test_a_folder_that_cannot_be_planned_is_a_one_line_error_naming_data_root(tmp_path):
+    result = scan_train(REPO / "configs/folder.yaml", "--output", tmp_path / "run",
+                        "--set", f"data.root={tmp_path / 'nowhere'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"scan-train: error: data.root: image folder {tmp_path / 'nowhere'} does not exist"
+    assert not (tmp_path / "run").exists()
+
+
 @needs_fashion_mnist
 def test_stage_needs_its_predecessors_and_finished_stages_are_skipped(tmp_path):
     config = write_config(tmp_path / "c.yaml", tiny_config(epochs=1))
@@ -144,12 +152,19 @@ def test_a_folder_of_unlabeled_images_trains_with_no_labels_anywhere(tmp_path):
     (root / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     result = scan_train(
         REPO / "configs/folder.yaml", "--output", tmp_path / "run",
-        "--set", f"data.root={root}", "--set", "data.image_size=32", "--set", "model.backbone=convnet",
+        "--set", f"data.root={root}", "--set", "data.image_size=32",
         "--set", "model.width=8", "--set", "pretext.epochs=2", "--set", "pretext.batch_size=64",
-        "--set", "neighbors.k=5", "--set", "scan.num_clusters=2", "--set", "scan.epochs=5",
+        "--set", "scan.num_clusters=2", "--set", "scan.epochs=5",
         "--set", "scan.batch_size=64", "--set", "selflabel.epochs=2", "--set", "selflabel.batch_size=64",
     )
     assert result.returncode == 0, result.stderr
+    # planned from the folder: colour images -> 3 channels, a light backbone on a CPU, k from the set size
+    assert result.stdout.startswith(f"plan: 121 images in {root}")
+    assert "  data.image_size = 32  (set by the preset or --set)" in result.stdout
+    planned = json.loads((tmp_path / "run/report.json").read_text())["plan"]["planned"]
+    assert planned["data.channels"]["value"] == 3 and planned["model.backbone"]["value"] == "convnet"
+    assert planned["neighbors.k"]["value"] == 5
+    assert "baselines on 120 training images: " in result.stdout and "recommended: " in result.stdout
     assert "1 " in result.stderr and "skipped" in result.stderr  # the broken file is counted, not fatal
     report = json.loads((tmp_path / "run/report.json").read_text())
     assert report["pretext"]["train_images"] == 120

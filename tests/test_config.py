@@ -79,3 +79,19 @@ def test_unreadable_or_malformed_files_are_config_errors(tmp_path):
     bad.write_text("pretext: [1, 2")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_planned_values_fill_in_and_overrides_win(tmp_path):
+    from trainer.config import explicit_keys
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text("data:\n  name: folder\n  root: /x\n  image_size: null\nmodel:\n  width: 8\n")
+    overrides = ["pretext.epochs=3", "scan={num_heads: 2}"]
+    assert explicit_keys(preset, overrides) == {"data.name", "data.root", "model.width", "pretext.epochs",
+                                                "scan.num_heads"}  # a null in the preset is "not set"
+    planned = {"data.image_size": 28, "pretext.epochs": 99, "augment.crop_scale": (0.5, 1.0)}
+    config = load_config(preset, overrides, planned=planned)
+    assert config.data.image_size == 28 and config.augment.crop_scale == (0.5, 1.0)
+    assert config.pretext.epochs == 3  # the override wins over the plan
+    with pytest.raises(ConfigError, match=r"unknown configuration key data\.size"):
+        load_config(preset, planned={"data.size": 28})

@@ -6,11 +6,14 @@ import sys
 
 import click
 
-from trainer.config import load_config
+from trainer.baselines import baselines_line
+from trainer.config import RunConfig, explicit_keys, load_config
+from trainer.data.plan import FolderPlan, plan_folder
 from trainer.device import configure_cpu_threads, resolve_device
 from trainer.distributed import SINGLE, Distributed, init_distributed, shutdown
 from trainer.errors import TrainerError
 from trainer.pipeline import ORDER, TIMINGS, run_pipeline, timings_table
+from trainer.rundir import RunDir
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,9 +41,15 @@ def main(
     try:
         run_config = load_config(config, list(overrides))
         dist, torch_device = init_distributed(resolve_device(device))
+        plan = None
+        if run_config.data.name == "folder":  # settings chosen from the folder, unless set
+            run_config, plan = _planned(config, list(overrides), run_config, torch_device.type, output)
+            if dist.is_main:
+                click.echo("\n".join(plan.lines()))
         if torch_device.type == "cpu":
             configure_cpu_threads(threads, dist.local_world_size)
-        report = run_pipeline(run_config, output, torch_device, stage=stage, progress=progress, dist=dist)
+        report = run_pipeline(run_config, output, torch_device, stage=stage, progress=progress, dist=dist,
+                              plan=plan.to_dict() if plan else None)
     except TrainerError as exc:
         click.echo(f"scan-train: error{_rank_of(dist)}: {exc}", err=True)
         sys.exit(2)
@@ -54,6 +63,15 @@ def main(
         click.echo(final_summary(report, output))
 
 
+def _planned(config: str, overrides: list[str], run_config: RunConfig, device_type: str, output: str
+             ) -> tuple[RunConfig, FolderPlan]:
+    """The folder's plan (a resumed run keeps the values it started with) and the config it gives."""
+    run = RunDir(output)
+    plan = plan_folder(run_config, device_type, explicit_keys(config, overrides))
+    plan = plan.keep_run(run.load_config() if run.config_path.exists() else None)
+    return load_config(config, overrides, planned=plan.overrides()), plan
+
+
 def _rank_of(dist: Distributed) -> str:
     return f" (rank {dist.rank})" if dist.enabled else ""
 
@@ -61,6 +79,9 @@ def _rank_of(dist: Distributed) -> str:
 def final_summary(report: dict, output: str) -> str:
     """A few lines for people: which model to take, how good it is, where to look."""
     lines = [f"report: {output}/report.json", *_final_lines(report.get("final"), output)]
+    baselines = baselines_line(report.get("baselines"))
+    if baselines:
+        lines.append(baselines)
     table = timings_table(report.get(TIMINGS, {}))
     if table:
         lines += ["stage times (wall s: around the stage's last call; own s: the time the stage reports):",

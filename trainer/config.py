@@ -238,6 +238,12 @@ class SelfLabelConfig:
 class ReportConfig:
     prototypes: int = 8  # prototypes per cluster in the grid and the saved ids
     confident_share: float = 0.2  # the cluster's most confident share defines its mean embedding
+    baselines: bool = True  # k-means on pixels / pretext features vs the model, label-free (trainer.baselines)
+    baselines_max_images: int = 10_000  # measure the baselines on a seeded subset of at most this many images
+
+    def __post_init__(self) -> None:
+        if self.baselines_max_images < 100:
+            raise ConfigError(f"report.baselines_max_images: must be at least 100, got {self.baselines_max_images}")
 
 
 @dataclass(frozen=True)
@@ -374,20 +380,26 @@ def _apply_override(tree: dict[str, Any], path: list[str], value: Any, cls: type
         node_cls = child_cls
 
 
-def config_from_dict(values: dict[str, Any], overrides: list[str] = ()) -> RunConfig:
-    """Build a RunConfig from plain data plus `key=value` overrides (values parsed as YAML)."""
+def config_from_dict(
+    values: dict[str, Any], overrides: list[str] = (), planned: Optional[dict[str, Any]] = None
+) -> RunConfig:
+    """Build a RunConfig from plain data plus `key=value` overrides (values parsed as YAML).
+
+    `planned` maps dotted keys to values chosen by a planning step (e.g. `trainer.data.plan`); they
+    are applied before the overrides, so a `--set` always wins.
+    """
     tree = _to_plain(values or {})
     if not isinstance(tree, dict):
         raise ConfigError(f"configuration must be a mapping, got {_describe(values)}")
+    for key, value in (planned or {}).items():
+        _apply_override(tree, key.split("."), _to_plain(value), RunConfig)
     for text in overrides:
         path, value = _parse_override(text)
         _apply_override(tree, path, value, RunConfig)
     return _build(RunConfig, tree)
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML preset and apply overrides. Raises ConfigError naming the offending key."""
-    path = Path(path)
+def _read_preset(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -398,10 +410,39 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return values
+
+
+def load_config(path: str | Path, overrides: list[str] = (), planned: Optional[dict[str, Any]] = None) -> RunConfig:
+    """Read a YAML preset and apply `planned` values, then overrides. Raises ConfigError naming the offending key."""
+    path = Path(path)
+    values = _read_preset(path)
     try:
-        return config_from_dict(values, overrides)
+        return config_from_dict(values, overrides, planned)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def explicit_keys(path: str | Path, overrides: list[str] = ()) -> frozenset[str]:
+    """The dotted keys the preset at `path` sets to a value other than null (null in a preset means
+    "not set"), or an override sets: a planning step leaves them alone."""
+
+    def leaves(tree: dict[str, Any], prefix: str) -> list[str]:
+        out = []
+        for key, value in tree.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict):
+                out += leaves(value, dotted + ".")
+            elif value is not None:
+                out.append(dotted)
+        return out
+
+    keys = set(leaves(_read_preset(Path(path)), ""))
+    for text in overrides:
+        path_parts, value = _parse_override(text)
+        dotted = ".".join(path_parts)
+        keys |= {f"{dotted}.{leaf}" for leaf in leaves(value, "")} if isinstance(value, dict) else {dotted}
+    return frozenset(keys)
 
 
 def dump_config(config: RunConfig) -> str:

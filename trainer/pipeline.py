@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from trainer.baselines import ENTRY as BASELINES, compare_baselines
 from trainer.config import RunConfig
 from trainer.distributed import SINGLE, Distributed
 from trainer.errors import CheckpointError
@@ -39,8 +40,15 @@ def run_pipeline(
     progress: bool = True,
     log: Callable[[str], None] = print,
     dist: Distributed = SINGLE,
+    plan: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
-    """Run every unfinished stage (or only `stage`, whose predecessors must be done); return the report."""
+    """Run every unfinished stage (or only `stage`, whose predecessors must be done); return the report.
+
+    `plan` (the folder plan's `to_dict()`, when settings were planned) is stored as report["plan"].
+    After the scan and selflabel stages the model is compared with label-free baselines
+    (`trainer.baselines`; `report.baselines: false` turns it off), and whenever a finished
+    run's report lacks that comparison.
+    """
     run = RunDir(output)
     if dist.is_main:
         run.bind_config(config)
@@ -59,12 +67,15 @@ def run_pipeline(
             {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
              "threads": torch.get_num_threads(), **dist.describe()},
         )
+        if plan is not None:
+            run.update_report("plan", plan)
     for name in wanted:
-        if run.stage_done(name):
+        done = run.stage_done(name)
+        if done:
             log(f"{name}: already done in {run.path}, skipping")
-            continue
-        log(f"{name}: running on {_where(name, device, dist)}")
-        if dist.is_main or name not in MAIN_ONLY:
+        else:
+            log(f"{name}: running on {_where(name, device, dist)}")
+        if not done and (dist.is_main or name not in MAIN_ONLY):
             started = time.perf_counter()
             with dist.alone(device) if name in MAIN_ONLY else contextlib.nullcontext():
                 entry = STAGES[name](config, run, device, progress and dist.is_main, dist)
@@ -73,6 +84,11 @@ def run_pipeline(
                 run.update_report(name, entry)
                 run.update_report(TIMINGS, {name: stage_timing(entry, wall_s, device)})
                 log(f"{name}: done ({_summary(entry)})")
+        if dist.is_main and _wants_baselines(config, run, name):
+            with dist.alone(device):
+                entry = compare_baselines(config, run, device)
+            run.update_report(BASELINES, entry)
+            log(f"baselines: {entry['message']} (recommended: {entry['recommended']}, {entry['wall_time_s']} s)")
         dist.barrier()
     if dist.is_main:
         _record_final(run)
@@ -112,6 +128,14 @@ def _where(stage: str, device: torch.device, dist: Distributed) -> str:
     if stage in MAIN_ONLY:
         return f"rank 0 ({device}) while the other ranks wait"
     return f"{dist.world_size} processes ({dist.backend}, rank 0 on {device})"
+
+
+def _wants_baselines(config: RunConfig, run: RunDir, stage: str) -> bool:
+    """After scan or selflabel, unless turned off or already measured on this stage's model."""
+    if stage not in (SCAN, SELFLABEL) or not config.report.baselines or not run.stage_done(stage):
+        return False
+    measured = run.read_report().get(BASELINES, {}).get("methods", {})
+    return stage not in measured and not (stage == SELFLABEL and run.read_report()[SELFLABEL].get("skipped"))
 
 
 def _quiet(_: str) -> None:
