@@ -206,7 +206,13 @@ class SelfLabelConfig:
     weight_decay: float = 1e-4
     threshold: float = 0.99  # max probability above which a prediction becomes a pseudo-label
     class_balance: bool = True
-    ema: Optional[float] = None  # e.g. 0.999: train an exponential moving average of the weights
+    ema: Optional[float] = None  # e.g. 0.999: also average the weights (EMA); the average is evaluated and kept
+    # Who makes the pseudo-labels: `ema`, an exponential moving average of the weights (decay
+    # teacher_decay per step); `epoch`, the model as it was when the epoch began; or `live`, the
+    # model being trained (the paper). A live teacher feeds its own drift back into its labels
+    # within the epoch: with strong views it collapsed (README, "Self-labeling: what was measured").
+    teacher: str = "ema"
+    teacher_decay: float = 0.999
     update: str = "full"  # full | head
     augment: str = "strong"  # views the pseudo-labels are learned on: strong (the paper) | weak
     # The collapse guard: an epoch that fails any of these ends the stage and the best
@@ -224,6 +230,10 @@ class SelfLabelConfig:
             raise ConfigError(f"selflabel.threshold: must be within (0, 1), got {self.threshold}")
         if self.ema is not None and not 0 < self.ema < 1:
             raise ConfigError(f"selflabel.ema: must be within (0, 1), got {self.ema}")
+        if self.teacher not in ("epoch", "ema", "live"):
+            raise ConfigError(f"selflabel.teacher: must be 'epoch', 'ema' or 'live', got {self.teacher!r}")
+        if not 0 < self.teacher_decay < 1:
+            raise ConfigError(f"selflabel.teacher_decay: must be within (0, 1), got {self.teacher_decay}")
         if self.update not in ("full", "head"):
             raise ConfigError(f"selflabel.update: must be 'full' or 'head', got {self.update!r}")
         if self.augment not in ("strong", "weak"):

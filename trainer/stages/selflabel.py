@@ -1,13 +1,15 @@
 """Stage 4: self-labeling, guarded against collapse.
 
-The SCAN model's chosen head predicts on weakly augmented images; predictions above the
-confidence threshold become pseudo-labels, and the network learns them with class-balanced
-cross entropy on strongly augmented views (`selflabel.augment: strong`, the paper's choice)
-or on other weak views (`weak`). After every epoch the model's label-free health
-on the training images (no augmentation) is compared with the SCAN model's by the
-`CollapseGuard`. An epoch that fails ends the stage; the best healthy epoch (highest
-confident fraction) is kept, or the SCAN model itself when no epoch improved on it, and the
-report says which and why.
+A teacher predicts on weakly augmented images; predictions above the confidence threshold
+become pseudo-labels, and the network learns them with class-balanced cross entropy on strongly
+augmented views (`selflabel.augment: strong`, the paper's choice) or on other weak views
+(`weak`). The teacher (`selflabel.teacher`) is an exponential moving average of the weights
+(`ema`, the default), the model as the epoch began (`epoch`), or the model being trained (`live`,
+the paper's), which labels its own drift within the epoch (the README has the measurements).
+After every epoch the model's label-free health on the training images (no augmentation) is
+compared with the SCAN model's by the `CollapseGuard`. An epoch that fails ends the stage; the
+best healthy epoch (highest confident fraction) is kept, or the SCAN model itself when no epoch
+improved on it, and the report says which and why.
 
 Three layers: `train_selflabel_epoch` is one pass and the only place pseudo-labels are made;
 `GuardedSelfLabeling` is the guarded loop around it (starting health, optimizer, views, the
@@ -67,6 +69,24 @@ class EMA:
                 avg.copy_(live)
 
 
+class EpochSnapshot:
+    """The model as it was when the epoch began (`refresh`), in eval mode: a teacher whose labels do not
+    move within an epoch, whatever the number of steps, and follow the model from epoch to epoch."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def refresh(self, model: torch.nn.Module) -> None:
+        self.model.load_state_dict(model.state_dict())
+
+    def update(self, model: torch.nn.Module) -> None:
+        """Nothing within an epoch."""
+
+
+Teacher = EMA | EpochSnapshot
+
+
 def train_selflabel_epoch(
     model: ScanModel,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -80,10 +100,13 @@ def train_selflabel_epoch(
     logits_of: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     dist: Distributed = SINGLE,
     generator: Optional[torch.Generator] = None,
+    teacher: Optional[Teacher] = None,
 ) -> dict[str, float]:
     """One pass: pseudo-labels from `weak` views (no gradient), cross entropy on `learn` views (strong or weak).
 
-    Both views are drawn from `generator` (on `device`; torch's default generator when None).
+    The pseudo-labels come from `teacher.model` when given (`teacher.update` follows every step, as
+    does `ema`'s), else from `model` itself in eval mode. Both views are drawn from
+    `generator` (on `device`; torch's default generator when None).
 
     `logits_of` replaces `model.cluster_logits` for the learned views (under torchrun, its
     DistributedDataParallel form); the loss then covers the gathered global batch, so the
@@ -101,9 +124,9 @@ def train_selflabel_epoch(
         images = images.to(device, non_blocking=True)
         with torch.no_grad():
             weak_views, learn_views = weak(images, generator=generator), learn(images, generator=generator)
-            model.eval()
+            labeller = teacher.model if teacher is not None else model.eval()
             with autocast(device):
-                weak_logits = model.cluster_logits(weak_views)[0]
+                weak_logits = labeller.cluster_logits(weak_views)[0]
             model.train()
             if cfg.update == "head":
                 model.backbone.eval()
@@ -114,8 +137,8 @@ def train_selflabel_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if ema is not None:
-            ema.update(model)
+        for average in {id(a): a for a in (ema, teacher) if a is not None}.values():
+            average.update(model)
         b = images.shape[0] * dist.world_size
         running = sums.add(torch.stack([loss, fraction]), b)  # on the device; checked at the sync points
         if progress is not None:
@@ -241,6 +264,7 @@ class GuardedSelfLabeling:
         self.weak = build_augment("weak", images.image_size, images.channels, augment).to(device)
         self.learn = build_augment(cfg.augment, images.image_size, images.channels, augment).to(device)
         self.ema: Optional[EMA] = None
+        self.teacher: Optional[Teacher] = None
         self.epoch = 0  # epochs done
         baseline_confident = None if self.baseline is None else self.baseline.confident_fraction
         self.best: dict[str, Any] = {"epoch": 0, "confident_fraction": baseline_confident}
@@ -248,10 +272,11 @@ class GuardedSelfLabeling:
 
     def checkpoint_state(self) -> dict[str, Any]:
         """What a checkpoint needs beyond model and optimizer to `run` on from it: the best epoch, the guard's
-        verdict and the EMA weights."""
+        verdict and the averaged weights (EMA, teacher)."""
         state: dict[str, Any] = {"best": self.best, "stop_reason": self.stop_reason}
-        if self.ema is not None:
-            state["ema"] = self.ema.model.state_dict()
+        for key, average in (("ema", self.ema), ("teacher", self.teacher)):
+            if isinstance(average, EMA):  # an epoch snapshot is the model an epoch starts from
+                state[key] = average.model.state_dict()
         return state
 
     def run(self, on_epoch: EpochHook, start_epoch: int = 0, resumed: Optional[dict[str, Any]] = None) -> None:
@@ -265,14 +290,21 @@ class GuardedSelfLabeling:
         self.stop_reason = resumed.get("stop_reason")
         learn_logits_of = dist.parallel(model, ScanModel.cluster_logits)
         self.ema = EMA(model, cfg.ema) if cfg.ema else None
-        if self.ema is not None and "ema" in resumed:
-            self.ema.model.load_state_dict(resumed["ema"])
+        if cfg.teacher == "ema":
+            self.teacher = self.ema if cfg.ema == cfg.teacher_decay else EMA(model, cfg.teacher_decay)
+        elif cfg.teacher == "epoch":
+            self.teacher = EpochSnapshot(model)
+        for key, average in (("ema", self.ema), ("teacher", self.teacher)):
+            if average is not None and key in resumed:
+                average.model.load_state_dict(resumed[key])
 
         # on CUDA the whole uint8 set moves to the device once (when it fits), and batches are sliced there
         training = self.stop_reason is None and self.epoch < cfg.epochs
         resident = on_device(self.images, device) if training else self.images
         while self.stop_reason is None and self.epoch < cfg.epochs:
             epoch = self.epoch
+            if isinstance(self.teacher, EpochSnapshot):
+                self.teacher.refresh(model)
             order = torch.randperm(len(self.images), generator=seed_epoch(self.seed, epoch, dist.rank))
             batches = iterate_batches(resident, self.local_batch, order=dist.shard(order, self.batch_size),
                                       drop_last=True, num_workers=self.num_workers)
@@ -280,7 +312,8 @@ class GuardedSelfLabeling:
                       disable=not self.progress, leave=False) as bar:
                 metrics = train_selflabel_epoch(model, batches, self.weak, self.learn, self.optimizer, device, cfg,
                                                 self.ema, bar, learn_logits_of, dist,
-                                                generator=augment_generator(self.seed, epoch, dist.rank, device))
+                                                generator=augment_generator(self.seed, epoch, dist.rank, device),
+                                                teacher=self.teacher)
             self.epoch += 1
             if not dist.is_main:
                 self.stop_reason = dist.broadcast(None)  # rank 0's guard verdict
