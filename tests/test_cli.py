@@ -1,5 +1,6 @@
 """scan-train as a user runs it: a real subprocess, real files, real exit codes."""
 
+import csv
 import json
 import os
 import signal
@@ -179,6 +180,20 @@ def test_a_folder_of_unlabeled_images_trains_with_no_labels_anywhere(tmp_path):
     assert report["final"]["stage"] == "selflabel"
     assert f"picture (prototypes): {tmp_path / 'run'}/selflabel/prototypes.png" in result.stdout
     assert (tmp_path / "run" / report["final"]["pictures"]["prototypes"]).exists()
+    # which of my images went where: every good image once, as the final model's cluster sizes say
+    with open(tmp_path / "run/assignments.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert report["final"]["assignments"] == "assignments.csv"
+    expected = {str(p.relative_to(root)) for p in root.rglob("img*")}
+    assert len(rows) == 120 and {r["source"] for r in rows} == expected
+    sizes = np.bincount([int(r["cluster"]) for r in rows], minlength=2)
+    assert list(sizes) == report["final"]["health"]["sizes"]
+    for r in rows:
+        assert float(r["confidence"]) >= float(r["runner_up_probability"]) and r["cluster"] != r["runner_up"]
+        assert r["confident"] == str(int(float(r["confidence"]) > 0.99))
+        assert r["nearest_prototype_source"] in expected  # a member of the same cluster's prototypes
+    prototype_clusters = {s: c["cluster"] for c in prototypes for s in c["sources"]}
+    assert all(prototype_clusters[r["nearest_prototype_source"]] == int(r["cluster"]) for r in rows)
 
 
 def test_the_final_summary_ends_with_the_stage_times_table():

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from trainer.atomic import atomic_write_text
 from trainer.baselines import ENTRY as BASELINES, compare_baselines
 from trainer.config import RunConfig
 from trainer.distributed import SINGLE, Distributed
@@ -29,6 +30,7 @@ StageFn = Callable[..., dict[str, Any]]
 STAGES: dict[str, StageFn] = {PRETEXT: run_pretext, NEIGHBORS: run_neighbors, SCAN: run_scan, SELFLABEL: run_selflabel}
 ORDER = list(STAGES)
 MAIN_ONLY = {NEIGHBORS}  # stages rank 0 runs alone while the other ranks wait
+ASSIGNMENTS = "assignments.csv"  # every training image's cluster under the final model
 TIMINGS = "timings"  # report["timings"][stage]: written when the stage runs, kept when it is skipped
 
 
@@ -152,6 +154,10 @@ def _record_final(run: RunDir) -> None:
             for key in ("test", "health", "pictures", "prototypes"):
                 if key in entry:
                     final[key] = entry[key]
+            if "assignments" in entry and (run.path / entry["assignments"]).exists():
+                # RUN_DIR/assignments.csv: the final model's, re-written whenever the final model is recorded
+                atomic_write_text(run.path / ASSIGNMENTS, (run.path / entry["assignments"]).read_text())
+                final["assignments"] = ASSIGNMENTS
             run.update_report("final", final)
             return
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -25,6 +27,40 @@ def test_metrics(probs: np.ndarray, test: Optional[ImageSet]) -> Optional[dict[s
     return cluster_metrics(probs.argmax(axis=1), test.labels.numpy(), probs.shape[1], num_classes)
 
 
+ASSIGNMENT_COLUMNS = ("index", "source", "cluster", "confidence", "confident", "runner_up", "runner_up_probability",
+                      "nearest_prototype", "nearest_prototype_source", "nearest_prototype_similarity")
+
+
+def write_assignments(path: Path, images: ImageSet, probs: np.ndarray, embeddings: np.ndarray,
+                      prototype_ids: np.ndarray, threshold: float) -> None:
+    """One CSV row per image (atomically): its source, cluster (argmax), confidence and whether it passes
+    `threshold`, the runner-up cluster and its probability, and the prototype of its cluster nearest to it
+    (cosine of the L2-normalized embeddings; `prototype_ids` is `(clusters, P)`, -1 padded)."""
+    order = np.argsort(-probs, axis=1)
+    rows = np.arange(len(probs))
+    cluster, runner_up = order[:, 0], order[:, 1] if probs.shape[1] > 1 else order[:, 0]
+    nearest = np.full(len(probs), -1, dtype=np.int64)
+    similarity = np.full(len(probs), np.nan, dtype=np.float32)
+    for k, ids in enumerate(prototype_ids):
+        ids = ids[ids >= 0]
+        members = np.flatnonzero(cluster == k)
+        if len(ids) == 0 or len(members) == 0:
+            continue
+        sims = embeddings[members] @ embeddings[ids].T  # (members, prototypes)
+        best = sims.argmax(axis=1)
+        nearest[members], similarity[members] = ids[best], sims[np.arange(len(members)), best]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(ASSIGNMENT_COLUMNS)
+    for i in rows:
+        near = int(nearest[i])
+        writer.writerow([i, images.source(i), int(cluster[i]), f"{probs[i, cluster[i]]:.5f}",
+                         int(probs[i, cluster[i]] > threshold), int(runner_up[i]), f"{probs[i, runner_up[i]]:.5f}",
+                         near, images.source(near) if near >= 0 else "",
+                         f"{similarity[i]:.5f}" if near >= 0 else ""])
+    atomic_write_text(path, text.getvalue())
+
+
 def summarize_clustering(
     config: RunConfig,
     out_dir: Path,
@@ -36,7 +72,8 @@ def summarize_clustering(
     health: Health,
     title: str,
 ) -> dict[str, Any]:
-    """Write prototypes (ids + sources) and pictures into `out_dir`; return the report fragment."""
+    """Write prototypes (ids + sources), every image's assignment (`assignments.csv`) and pictures into
+    `out_dir`; return the report fragment."""
     out_dir = Path(out_dir)
     ids, centers, sims = find_prototypes(
         train_probs, train_embeddings, config.report.prototypes, config.report.confident_share
@@ -60,6 +97,8 @@ def summarize_clustering(
         )
         + "\n",
     )
+    write_assignments(out_dir / "assignments.csv", train, train_probs, train_embeddings, padded,
+                      config.selflabel.threshold)
     drawn = {
         "prototypes": pictures.prototype_grid(
             train, ids, out_dir / "prototypes.png", cluster_sizes=list(health.sizes), title=f"{title}: prototypes"
@@ -70,7 +109,8 @@ def summarize_clustering(
     }
     run_dir = out_dir.parent  # paths in the report are relative to the run directory
     entry: dict[str, Any] = {"health": health.to_dict(),
-                             "prototypes": str((out_dir / "prototypes.json").relative_to(run_dir))}
+                             "prototypes": str((out_dir / "prototypes.json").relative_to(run_dir)),
+                             "assignments": str((out_dir / "assignments.csv").relative_to(run_dir))}
     metrics = test_metrics(test_probs, test) if test_probs is not None else None
     if metrics is not None:
         entry["test"] = metrics
