@@ -18,6 +18,7 @@ would get. 1 means every neighbor shares its image's cluster; 0 is chance; putti
 one cluster scores 0, not 1. The model's own loss on its own neighbors would favour SCAN by
 construction, pixel-space inertia would favour pixel k-means; this space is neither. Which
 criterion and why (measurements on Fashion-MNIST and on folders with hidden labels):
+`benchmarks/results/baseline_criterion_cpu.md`; the folder comparison itself is in
 `benchmarks/results/folder_preset_cpu.md`.
 
 When a baseline scores more than `MARGIN` above the model, the entry says so plainly and

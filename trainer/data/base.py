@@ -122,10 +122,12 @@ class FileImageSet(ImageSet):
         labels: Optional[torch.Tensor] = None,
         class_names: Optional[list[str]] = None,
         name: str = "files",
+        base: Optional[str | Path] = None,
     ) -> None:
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"{len(labels)} labels for {len(paths)} files")
         self.paths = [str(p) for p in paths]
+        self.base = None if base is None else str(base)  # `source` gives paths relative to it
         self.load = load
         self.image_size = image_size
         self.channels = channels
@@ -140,7 +142,13 @@ class FileImageSet(ImageSet):
         return self.load(self.paths[index])
 
     def source(self, index: int) -> str:
-        return self.paths[index]
+        path = self.paths[index]
+        if self.base is not None:
+            try:
+                return Path(path).relative_to(self.base).as_posix()
+            except ValueError:
+                pass
+        return path
 
     def subset(self, indices: Sequence[int] | torch.Tensor) -> "FileImageSet":
         idx = [int(i) for i in torch.as_tensor(indices, dtype=torch.int64)]
@@ -152,6 +160,7 @@ class FileImageSet(ImageSet):
             None if self.labels is None else self.labels[idx],
             self.class_names,
             self.name,
+            self.base,
         )
 
     def fingerprint(self) -> str:

@@ -176,7 +176,8 @@ def build_image_set(
         _warn_skipped(name, base, failures, len(paths))
     kept_labels = None if labels is None else torch.tensor([labels[i] for i in keep], dtype=torch.int64)
     if images is None:
-        return FileImageSet([paths[i] for i in keep], load, image_size, channels, kept_labels, class_names, name)
+        return FileImageSet([paths[i] for i in keep], load, image_size, channels, kept_labels, class_names, name,
+                            base=base)
     if len(keep) < len(paths):
         images = images[: len(keep)].clone()
     sources = [_relative(paths[i], base) for i in keep]
