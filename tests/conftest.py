@@ -35,3 +35,24 @@ def _fresh_dataset_cache():
 
     load_dataset.cache_clear()
     yield
+
+
+@pytest.fixture
+def interrupt_call(monkeypatch):
+    """`restore = interrupt_call(module, name, n=2)`: the n-th call of `module.name` raises KeyboardInterrupt,
+    which is what a Ctrl-C or a kill in the middle of a training loop looks like to it; other calls go
+    through. `restore()` puts the original back (for the resumed run)."""
+
+    def install(module, name: str, n: int = 2):
+        original, calls = getattr(module, name), {"n": 0}
+
+        def interrupted(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, interrupted)
+        return lambda: monkeypatch.setattr(module, name, original)
+
+    return install

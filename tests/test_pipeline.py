@@ -12,18 +12,9 @@ CPU = torch.device("cpu")
 
 
 @needs_fashion_mnist
-def test_an_interrupted_pipeline_resumes_in_the_scan_stage_and_finishes(tmp_path, monkeypatch):
+def test_an_interrupted_pipeline_resumes_in_the_scan_stage_and_finishes(tmp_path, interrupt_call):
     config = tiny_config(epochs=1, scan={"epochs": 3, "num_heads": 2})
-    original = scan_stage.train_scan_epoch
-    calls = {"n": 0}
-
-    def dies_in_the_second_scan_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(scan_stage, "train_scan_epoch", dies_in_the_second_scan_epoch)
+    restore = interrupt_call(scan_stage, "train_scan_epoch", n=2)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config, str(tmp_path), CPU, progress=False, log=lambda _: None)
     report = json.loads((tmp_path / "report.json").read_text())
@@ -33,7 +24,7 @@ def test_an_interrupted_pipeline_resumes_in_the_scan_stage_and_finishes(tmp_path
     pretext_timing = report["timings"]["pretext"]
     assert pretext_timing["wall_s"] >= pretext_timing["stage_wall_time_s"] > 0 and pretext_timing["device"] == "cpu"
 
-    monkeypatch.setattr(scan_stage, "train_scan_epoch", original)
+    restore()
     logs = []
     report = run_pipeline(config, str(tmp_path), CPU, progress=False, log=logs.append)
     assert "pretext: already done" in "\n".join(logs)

@@ -33,31 +33,22 @@ def _weights(path):
 
 
 @needs_fashion_mnist
-def test_an_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tmp_path, monkeypatch):
+def test_an_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tmp_path, interrupt_call):
     config = tiny_config(epochs=3)
     straight = RunDir(tmp_path / "straight")
     straight.bind_config(config)
     run_pretext(config, straight, CPU, progress=False)
 
-    original = pretext.train_one_epoch
-    calls = {"n": 0}
-
-    def dies_in_the_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # what a Ctrl-C or a kill mid-epoch looks like to the loop
-        return original(*args, **kwargs)
-
     resumed = RunDir(tmp_path / "resumed")
     resumed.bind_config(config)
-    monkeypatch.setattr(pretext, "train_one_epoch", dies_in_the_second_epoch)
+    restore = interrupt_call(pretext, "train_one_epoch", n=2)
     with pytest.raises(KeyboardInterrupt):
         run_pretext(config, resumed, CPU, progress=False)
     checkpoint = load_checkpoint(resumed.stage_dir("pretext") / "checkpoint.pt")
     assert checkpoint["epoch"] == 1
     assert not (resumed.stage_dir("pretext") / "model.pt").exists()
 
-    monkeypatch.setattr(pretext, "train_one_epoch", original)
+    restore()
     entry = run_pretext(config, resumed, CPU, progress=False)
     assert entry["status"] == "done" and entry["epochs"] == 3
     assert [r["epoch"] for r in resumed.read_metrics("pretext")] == [1, 2, 3]

@@ -280,7 +280,7 @@ def test_the_guarded_loop_ends_holding_its_most_confident_healthy_epoch(scanned)
 
 
 @needs_fashion_mnist
-def test_an_interrupted_selflabel_stage_resumes_with_its_teacher_and_matches_an_uninterrupted_one(scanned, monkeypatch):
+def test_an_interrupted_selflabel_stage_resumes_with_its_teacher_and_matches_an_uninterrupted_one(scanned, interrupt_call):
     from trainer.stages import selflabel
 
     config, run = scanned
@@ -297,20 +297,12 @@ def test_an_interrupted_selflabel_stage_resumes_with_its_teacher_and_matches_an_
     straight = load_checkpoint(stage_dir / "checkpoint.pt")
 
     fresh()
-    original, calls = selflabel.train_selflabel_epoch, {"n": 0}
-
-    def dies_in_the_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(selflabel, "train_selflabel_epoch", dies_in_the_second_epoch)
+    restore = interrupt_call(selflabel, "train_selflabel_epoch", n=2)
     with pytest.raises(KeyboardInterrupt):
         run_selflabel(config, run, CPU, progress=False)
     interrupted = load_checkpoint(stage_dir / "checkpoint.pt")
     assert interrupted["epoch"] == 1 and "teacher" in interrupted
-    monkeypatch.setattr(selflabel, "train_selflabel_epoch", original)
+    restore()
     run_selflabel(config, run, CPU, progress=False)
     resumed = load_checkpoint(stage_dir / "checkpoint.pt")
 
