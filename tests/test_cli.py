@@ -70,6 +70,16 @@ def test_a_folder_that_cannot_be_planned_is_a_one_line_error_naming_data_root(tm
 
 
 @needs_fashion_mnist
+def test_a_k_range_above_the_training_images_exits_2_naming_the_key_before_any_training(tmp_path):
+    config = write_config(tmp_path / "c.yaml", tiny_config(train=100))
+    result = scan_train(config, "--output", tmp_path / "run", "--no-progress",
+                        "--set", "scan.num_clusters=auto", "--set", "scan.k_range=[2, 200]")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "scan.k_range: K up to 200 is more than the 100 training images" in result.stderr
+    assert not (tmp_path / "run" / "pretext").exists()
+
+
+@needs_fashion_mnist
 def test_stage_needs_its_predecessors_and_finished_stages_are_skipped(tmp_path):
     config = write_config(tmp_path / "c.yaml", tiny_config(epochs=1))
     run = tmp_path / "run"

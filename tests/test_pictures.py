@@ -11,6 +11,7 @@ from PIL import Image
 from trainer.pictures import (
     cluster_sizes,
     confusion_matrix_plot,
+    k_selection_plot,
     order_rows_by_class,
     prototype_grid,
     training_curves,
@@ -157,6 +158,23 @@ def test_training_curves_skips_records_without_the_key(tmp_path):
     _check_png(training_curves([{"epoch": 1, "x": 1.0}], tmp_path / "one.png", ["x"]), tmp_path)
     with pytest.raises(ValueError):
         training_curves(records, tmp_path / "none.png", [])
+
+
+def test_k_selection_plot_moves_its_marker_with_the_choice_and_refuses_a_choice_outside_the_candidates(tmp_path):
+    ks = [2, 3, 4, 5, 6]
+    series = {"stability (ARI between heads)": [0.35, 0.82, 0.6, 0.5, 0.45], "neighbor agreement": [0.9, 0.85, 0.8,
+                                                                                                   0.78, 0.75]}
+    drawn = {}
+    for chosen in (3, 5):
+        path = k_selection_plot(ks, series, chosen, tmp_path / f"k{chosen}.png", evaluation=[0.5, 0.8, 0.7, 0.6, 0.6],
+                                errors=[0.02] * 5, floor=0.4)
+        drawn[chosen] = np.asarray(_check_png(path, tmp_path).convert("RGB"))
+    assert drawn[3].shape == drawn[5].shape and (drawn[3] != drawn[5]).any()
+    _check_png(k_selection_plot(list(range(2, 51)), {"s": np.linspace(0, 1, 49)}, 50, tmp_path / "wide.png"), tmp_path)
+    with pytest.raises(ValueError, match="including the chosen K=7"):
+        k_selection_plot(ks, series, 7, tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="has 2 values for 5 candidates"):
+        k_selection_plot(ks, {"s": [0.1, 0.2]}, 3, tmp_path / "bad.png")
 
 
 def test_importing_and_drawing_leaves_the_matplotlib_backend_alone(tmp_path):

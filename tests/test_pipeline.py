@@ -35,7 +35,10 @@ def test_an_interrupted_pipeline_resumes_in_the_scan_stage_and_finishes(tmp_path
     assert scan_epochs == [1, 2, 3]  # epoch 1 from the first run, 2 and 3 after the resume
     final = report["final"]
     assert final["stage"] == "selflabel" and (tmp_path / final["model"]).exists()
-    assert set(final["pictures"]) == {"prototypes", "cluster_sizes", "confusion_test"}
+    assert set(final["pictures"]) == {"prototypes", "cluster_sizes", "confusion_test", "merge_suggestions"}
+    pairs = final["merge_suggestions"]  # mutually most-linked clusters, most linked first
+    assert [p["link"] for p in pairs] == sorted((p["link"] for p in pairs), reverse=True)
+    assert all(0 < p["link"] <= 1 and min(p["sizes"]) > 0 for p in pairs)
     for picture in final["pictures"].values():
         assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["scan"]["chosen_head"] in (0, 1) and len(report["scan"]["head_losses"]) == 2

@@ -18,6 +18,7 @@ import yaml
 
 from trainer.errors import ConfigError
 
+AUTO = "auto"  # scan.num_clusters: chosen by the K search
 DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100_20", "stl10", "folder", "imagenet")
 
 
@@ -168,7 +169,10 @@ class NeighborsConfig:
 class ScanConfig:
     """SCAN clustering: several linear heads on the pretext backbone, the lowest-loss head is kept."""
 
-    num_clusters: int = 10
+    # An integer, or "auto": the K search (trainer/ksearch.py, stage k_selection) tries every K in
+    # k_range on the cached pretext features and chooses one without labels.
+    num_clusters: Union[int, str] = 10
+    k_range: tuple[int, int] = (2, 20)  # the candidates of num_clusters: auto, both ends included
     num_heads: int = 10
     epochs: int = 50
     batch_size: int = 128
@@ -179,8 +183,16 @@ class ScanConfig:
     augment: str = "weak"  # weak | strong | none (none + update=head trains on cached features: fastest)
 
     def __post_init__(self) -> None:
-        if self.num_clusters < 2:
+        if isinstance(self.num_clusters, str):
+            if self.num_clusters != AUTO:
+                raise ConfigError(f"scan.num_clusters: must be an integer or {AUTO!r}, got {self.num_clusters!r}")
+        elif self.num_clusters < 2:
             raise ConfigError(f"scan.num_clusters: need at least 2 clusters, got {self.num_clusters}")
+        low, high = self.k_range
+        if low < 2:
+            raise ConfigError(f"scan.k_range: the smallest K must be at least 2, got [{low}, {high}]")
+        if low > high:
+            raise ConfigError(f"scan.k_range: the smallest K is above the largest, got [{low}, {high}]")
         if self.num_heads < 1:
             raise ConfigError(f"scan.num_heads: need at least 1 head, got {self.num_heads}")
         if self.epochs < 1:

@@ -1,13 +1,14 @@
 """Pictures people look at after clustering, written as PNG files.
 
-Four pictures, each written atomically (rendered in memory, saved beside its final name, then
+Five pictures, each written atomically (rendered in memory, saved beside its final name, then
 renamed into place) into a folder that is created when missing; each function returns the path:
 
 - `prototype_grid`: one row of images per cluster (e.g. the samples nearest its centre);
 - `cluster_sizes`: a bar chart of images per cluster against the uniform share;
 - `confusion_matrix_plot`: clusters against true classes, rows ordered so a good clustering is
   a diagonal (`order_rows_by_class`);
-- `training_curves`: metrics from `metrics.jsonl` records against the epoch.
+- `training_curves`: metrics from `metrics.jsonl` records against the epoch;
+- `k_selection_plot`: the K search's scores against the number of clusters, the choice marked.
 
 Drawing uses `matplotlib.figure.Figure` with the Agg canvas directly, never pyplot, so
 importing or calling this module leaves matplotlib's global backend alone and works without
@@ -33,6 +34,7 @@ __all__ = [
     "MAX_PNG_BYTES",
     "cluster_sizes",
     "confusion_matrix_plot",
+    "k_selection_plot",
     "order_rows_by_class",
     "prototype_grid",
     "training_curves",
@@ -99,6 +101,8 @@ def _fetch_images(images: Any, prototype_ids: Sequence[Sequence[int]]) -> dict[i
     fetched: dict[int, np.ndarray] = {}
     for row in prototype_ids:
         for raw in row:
+            if raw is None:
+                continue
             index = int(raw)
             if index in fetched:
                 continue
@@ -133,6 +137,7 @@ def prototype_grid(
     title: Optional[str] = None,
     *,
     max_bytes: int = MAX_PNG_BYTES,
+    row_labels: Optional[list[str]] = None,
 ) -> Path:
     """One row per cluster showing the images `prototype_ids[k]`, labelled on the left.
 
@@ -140,12 +145,14 @@ def prototype_grid(
     `images[i]` gives one `(C, H, W)` uint8 image (a lazy data set); only the requested ids are
     read, each once. Rows have as many cells as the longest id list; shorter rows end in blank
     cells and clusters without ids say "(empty)". Large grids are drawn with smaller cells and
-    a resolution that keeps the PNG under `max_bytes`.
+    a resolution that keeps the PNG under `max_bytes`. A `None` id leaves its cell blank (a gap
+    within a row); `row_labels` replaces the "cluster k" labels when the rows are not clusters.
     """
     num_rows = len(prototype_ids)
     if num_rows == 0:
         raise ValueError("prototype_grid needs at least one cluster")
-    for what, values in (("cluster_names", cluster_names), ("cluster_sizes", cluster_sizes)):
+    for what, values in (("cluster_names", cluster_names), ("cluster_sizes", cluster_sizes),
+                         ("row_labels", row_labels)):
         if values is not None and len(values) != num_rows:
             raise ValueError(f"{len(values)} {what} for {num_rows} clusters")
 
@@ -163,13 +170,15 @@ def prototype_grid(
     mosaic = np.full((pad + num_rows * step_y, pad + num_cols * step_x, channels), 255, dtype=np.uint8)
     for r, row in enumerate(prototype_ids):
         for c, raw in enumerate(row):
+            if raw is None:
+                continue
             y, x = pad + r * step_y, pad + c * step_x
             mosaic[y : y + height, x : x + width] = fetched[int(raw)]
 
     cell_in = min(_CELL_INCHES, _MAX_GRID_HEIGHT_INCHES / num_rows, _MAX_GRID_WIDTH_INCHES / num_cols)
     inch_per_px = cell_in / max(step_y, step_x)
     grid_w, grid_h = mosaic.shape[1] * inch_per_px, mosaic.shape[0] * inch_per_px
-    labels = [_row_label(k, cluster_names, cluster_sizes) for k in range(num_rows)]
+    labels = row_labels or [_row_label(k, cluster_names, cluster_sizes) for k in range(num_rows)]
     fontsize = float(np.clip(cell_in * 72 * 0.22, 6.0, 9.0))
     label_w = 0.25 + 0.62 * fontsize / 72 * max(len(s) for s in labels)  # rough text width
     title_h = 0.5 if title is not None else 0.1
@@ -415,4 +424,53 @@ def training_curves(
     if title is not None:
         fig.suptitle(title, fontsize=12)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- K selection
+
+
+def k_selection_plot(
+    k_values: Sequence[int],
+    series: dict[str, Sequence[float]],
+    chosen: int,
+    path: str | os.PathLike,
+    title: Optional[str] = None,
+    evaluation: Optional[Sequence[float]] = None,
+    errors: Optional[Sequence[float]] = None,
+    floor: Optional[float] = None,
+) -> Path:
+    """Scores of every candidate number of clusters against K, the chosen K marked.
+
+    `series` maps a score's name to one value per K (the first is the one the choice rests on,
+    drawn thickest, with a band of +- `errors` when given, and a dashed grey line at `floor`, the
+    value below which it means "no structure"); `evaluation` (e.g. ACC where labels exist) is
+    drawn dotted and labelled as evaluation only.
+    """
+    ks = np.asarray(k_values, dtype=np.int64)
+    if ks.size == 0 or chosen not in set(ks.tolist()):
+        raise ValueError(f"k_selection_plot needs candidates including the chosen K={chosen}, got {ks.tolist()}")
+    for name, values in series.items():
+        if len(values) != ks.size:
+            raise ValueError(f"{name} has {len(values)} values for {ks.size} candidates")
+    fig = _new_figure(min(14.0, max(6.5, 0.3 * ks.size + 3.0)), 4.0)
+    ax = fig.add_subplot()
+    for rank, (name, values) in enumerate(series.items()):
+        line = ax.plot(ks, values, "o-", linewidth=2.2 if rank == 0 else 1.0, markersize=5 if rank == 0 else 3,
+                       alpha=1.0 if rank == 0 else 0.6, label=name, zorder=3 if rank == 0 else 2)[0]
+        if rank == 0 and errors is not None:
+            low, high = np.asarray(values) - np.asarray(errors), np.asarray(values) + np.asarray(errors)
+            ax.fill_between(ks, low, high, color=line.get_color(), alpha=0.2, linewidth=0, zorder=1)
+        if rank == 0 and floor is not None:
+            ax.axhline(floor, color="grey", linestyle="--", linewidth=0.8, label=f"{name.split(' (')[0]} "
+                       f"below {floor:g}: weak structure", zorder=1)
+    if evaluation is not None:
+        ax.plot(ks, evaluation, ":", color="black", linewidth=1.2, label="ACC (labels; evaluation only)", zorder=2)
+    ax.axvline(chosen, color="tab:red", linestyle="--", linewidth=1.2, label=f"chosen K = {chosen}", zorder=1)
+    ax.set_xlabel("number of clusters K")
+    ax.set_ylabel("score (higher is better)")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=min(25, ks.size), integer=True))
+    ax.grid(alpha=0.3, zorder=0)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(title or f"Choosing K without labels: K = {chosen} of {ks.min()}..{ks.max()}", fontsize=10)
     return _save(fig, path)

@@ -17,9 +17,12 @@ import torch
 from trainer.atomic import atomic_write_text
 from trainer.baselines import ENTRY as BASELINES, compare_baselines
 from trainer.config import RunConfig
+from trainer.data import load_dataset
 from trainer.distributed import SINGLE, Distributed
-from trainer.errors import CheckpointError
+from trainer.errors import CheckpointError, ConfigError
 from trainer.rundir import RunDir
+from trainer.stages.common import searches_k
+from trainer.stages.kselect import STAGE as K_SELECTION, check_k_range, run_k_selection
 from trainer.stages.neighbors import STAGE as NEIGHBORS, run_neighbors
 from trainer.stages.pretext import STAGE as PRETEXT, run_pretext
 from trainer.stages.scan import STAGE as SCAN, run_scan
@@ -27,9 +30,10 @@ from trainer.stages.selflabel import STAGE as SELFLABEL, run_selflabel
 
 StageFn = Callable[..., dict[str, Any]]
 
-STAGES: dict[str, StageFn] = {PRETEXT: run_pretext, NEIGHBORS: run_neighbors, SCAN: run_scan, SELFLABEL: run_selflabel}
+STAGES: dict[str, StageFn] = {PRETEXT: run_pretext, NEIGHBORS: run_neighbors, K_SELECTION: run_k_selection,
+                              SCAN: run_scan, SELFLABEL: run_selflabel}
 ORDER = list(STAGES)
-MAIN_ONLY = {NEIGHBORS}  # stages rank 0 runs alone while the other ranks wait
+MAIN_ONLY = {NEIGHBORS, K_SELECTION}  # stages rank 0 runs alone while the other ranks wait
 ASSIGNMENTS = "assignments.csv"  # every training image's cluster under the final model
 TIMINGS = "timings"  # report["timings"][stage]: written when the stage runs, kept when it is skipped
 
@@ -58,9 +62,15 @@ def run_pipeline(
         log = _quiet
     dist.barrier()
     dist.check_shared(run.config_path)
-    wanted = ORDER if stage is None else [stage]
+    needed = [s for s in ORDER if s != K_SELECTION or searches_k(config)]  # K is searched only when "auto"
+    if stage is not None and stage not in needed:
+        raise ConfigError(f"--stage {stage}: this run does not search K (scan.num_clusters is "
+                          f"{config.scan.num_clusters}); set scan.num_clusters=auto to choose it")
+    wanted = needed if stage is None else [stage]
+    if K_SELECTION in needed and not run.stage_done(K_SELECTION):  # fail now, not after the pretext stage
+        check_k_range(config, len(load_dataset(config.data, "train", seed=config.seed)))
     if stage is not None:
-        missing = [s for s in ORDER[: ORDER.index(stage)] if not run.stage_done(s)]
+        missing = [s for s in needed[: needed.index(stage)] if not run.stage_done(s)]
         if missing:
             raise CheckpointError(f"--stage {stage} needs the {', '.join(missing)} stage(s) done first in {run.path}")
     if dist.is_main:
@@ -151,7 +161,7 @@ def _record_final(run: RunDir) -> None:
         entry = report.get(stage, {})
         if entry.get("status") == "done" and "model" in entry:
             final = {"stage": stage, "model": entry["model"], "kept": entry.get("kept", f"{stage} model")}
-            for key in ("test", "health", "pictures", "prototypes"):
+            for key in ("test", "health", "pictures", "prototypes", "merge_suggestions"):
                 if key in entry:
                     final[key] = entry[key]
             if "assignments" in entry and (run.path / entry["assignments"]).exists():
@@ -163,7 +173,8 @@ def _record_final(run: RunDir) -> None:
 
 
 def _summary(entry: dict[str, Any]) -> str:
-    keys = [k for k in entry if k.startswith("purity@") or k in ("final_loss", "chosen_head", "kept", "wall_time_s")]
+    shown = ("chosen", "structure", "final_loss", "chosen_head", "kept", "wall_time_s")
+    keys = [k for k in entry if k.startswith("purity@") or k in shown]
     parts = [f"{k} {entry[k]:.3f}" if isinstance(entry[k], float) else f"{k} {entry[k]}" for k in keys]
     if "kmeans_test" in entry:
         parts.append("k-means test ACC {acc:.3f} NMI {nmi:.3f} ARI {ari:.3f}".format(**entry["kmeans_test"]))
@@ -172,4 +183,7 @@ def _summary(entry: dict[str, Any]) -> str:
     if "health" in entry:
         h = entry["health"]
         parts.append(f"{h['populated']}/{h['clusters']} clusters populated, confident {h['confident_fraction']:.2f}")
+    merge = [" + ".join(map(str, p["clusters"])) for p in entry.get("merge_suggestions", [])]
+    if merge:
+        parts.append(f"most-linked cluster pairs, merge candidates (merge_suggestions.png): {', '.join(merge)}")
     return ", ".join(parts)

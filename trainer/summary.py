@@ -15,7 +15,7 @@ from trainer.config import RunConfig
 from trainer.data.base import ImageSet
 from trainer.evaluate import cluster_metrics, confusion_matrix
 from trainer.health import Health, measure_health
-from trainer.prototypes import find_prototypes
+from trainer.prototypes import find_prototypes, mutually_linked_clusters
 from trainer.atomic import atomic_save_npy, atomic_write_text
 
 
@@ -71,9 +71,11 @@ def summarize_clustering(
     test_probs: Optional[np.ndarray],
     health: Health,
     title: str,
+    neighbors: Optional[np.ndarray] = None,
 ) -> dict[str, Any]:
     """Write prototypes (ids + sources), every image's assignment (`assignments.csv`) and pictures into
-    `out_dir`; return the report fragment."""
+    `out_dir`; return the report fragment. With the training images' mined `neighbors`, also the pairs
+    of clusters they link most (`merge_suggestions`, and `merge_suggestions.png`)."""
     out_dir = Path(out_dir)
     ids, centers, sims = find_prototypes(
         train_probs, train_embeddings, config.report.prototypes, config.report.confident_share
@@ -107,10 +109,15 @@ def summarize_clustering(
             list(health.sizes), out_dir / "cluster_sizes.png", title=f"{title}: images per cluster"
         ),
     }
+    pairs = [] if neighbors is None else mutually_linked_clusters(neighbors, train_probs.argmax(axis=1),
+                                                                  train_probs.shape[1])
+    if pairs:
+        drawn["merge_suggestions"] = merge_picture(train, ids, pairs, out_dir / "merge_suggestions.png", title)
     run_dir = out_dir.parent  # paths in the report are relative to the run directory
     entry: dict[str, Any] = {"health": health.to_dict(),
                              "prototypes": str((out_dir / "prototypes.json").relative_to(run_dir)),
-                             "assignments": str((out_dir / "assignments.csv").relative_to(run_dir))}
+                             "assignments": str((out_dir / "assignments.csv").relative_to(run_dir)),
+                             "merge_suggestions": [p.to_dict() for p in pairs]}
     metrics = test_metrics(test_probs, test) if test_probs is not None else None
     if metrics is not None:
         entry["test"] = metrics
@@ -124,6 +131,19 @@ def summarize_clustering(
         )
     entry["pictures"] = {k: str(Path(v).relative_to(run_dir)) for k, v in drawn.items()}
     return entry
+
+
+MERGE_PROTOTYPES = 5  # prototypes of each cluster shown side by side in merge_suggestions.png
+
+
+def merge_picture(images: ImageSet, ids: list[list[int]], pairs: list, path: Path, title: str) -> Path:
+    """One row per pair of mutually most-linked clusters: the prototypes of one, a gap, the other's,
+    labelled with their link and sizes: one look says whether they are one group split in two."""
+    rows = [ids[a][:MERGE_PROTOTYPES] + [None] + ids[b][:MERGE_PROTOTYPES] for a, b in (p.clusters for p in pairs)]
+    labels = [f"clusters {a} + {b} (link {p.link:.2f}, n={p.sizes[0]}+{p.sizes[1]})" for p in pairs
+              for a, b in [p.clusters]]
+    return pictures.prototype_grid(images, rows, path, row_labels=labels,
+                                   title=f"{title}: clusters most linked by nearest neighbors, side by side")
 
 
 def health_of(probs: np.ndarray, config: RunConfig, reference: Optional[np.ndarray] = None) -> Health:

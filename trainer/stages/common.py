@@ -7,11 +7,13 @@ from typing import Any, Optional
 
 import torch
 
-from trainer.config import RunConfig
+from trainer.config import AUTO, RunConfig
 from trainer.errors import CheckpointError
 from trainer.models.scan_model import ScanModel
 from trainer.atomic import atomic_torch_save
-from trainer.rundir import load_checkpoint
+from trainer.rundir import RunDir, load_checkpoint
+
+K_SELECTION = "k_selection"  # the stage that chooses K when scan.num_clusters is "auto"
 
 
 def seed_epoch(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
@@ -100,3 +102,19 @@ def finish(checkpoint_path: Path, model_path: Path, **extra: Any) -> dict[str, A
     payload.update(extra)
     atomic_torch_save(model_path, payload)
     return payload
+
+
+def searches_k(config: RunConfig) -> bool:
+    """Whether this run chooses its number of clusters (`scan.num_clusters: auto`)."""
+    return config.scan.num_clusters == AUTO
+
+
+def num_clusters(config: RunConfig, run: RunDir) -> int:
+    """The number of clusters SCAN trains with: the configured one, or the one the K search chose."""
+    if not searches_k(config):
+        return int(config.scan.num_clusters)
+    entry = run.read_report().get(K_SELECTION, {})
+    if entry.get("status") != "done":
+        raise CheckpointError(
+            f"scan.num_clusters is {AUTO!r} but {run.path} has no chosen K: run the {K_SELECTION} stage first")
+    return int(entry["chosen"])

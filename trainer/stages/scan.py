@@ -28,7 +28,8 @@ from trainer.errors import CheckpointError, TrainerError
 from trainer.losses import scan_loss
 from trainer.models.scan_model import ScanModel
 from trainer.rundir import RunDir, load_checkpoint
-from trainer.stages.common import augment_generator, finish, load_stage_model, resume, save_epoch, seed_epoch
+from trainer.stages.common import (augment_generator, finish, load_stage_model, num_clusters, resume, save_epoch,
+                                   seed_epoch)
 from trainer.stages.neighbors import STAGE as NEIGHBORS
 from trainer.stages.pretext import STAGE as PRETEXT
 from trainer.stages.sums import EpochSums
@@ -229,7 +230,7 @@ def run_scan(
     model, _ = load_stage_model(run.stage_dir(PRETEXT) / "model.pt", expected_fingerprint=fingerprint)
     model.drop_projection_head()
     torch.manual_seed(config.seed)
-    model.add_cluster_heads(cfg.num_clusters, cfg.num_heads)
+    model.add_cluster_heads(num_clusters(config, run), cfg.num_heads)
     dist.prepare(model, config.model.batchnorm)
     model.to(device)
     head_only = cfg.update == "head"
@@ -296,7 +297,7 @@ def run_scan(
                 entry["test_acc_per_head"] = [round(m["acc"], 4) for m in per_head]
         health = health_of(probs[chosen], config)
         entry.update(summarize_clustering(config, stage_dir, train, probs[chosen], embeddings, test, test_probs,
-                                          health, title=f"SCAN head {chosen}"))
+                                          health, title=f"SCAN head {chosen}", neighbors=neighbors_np))
         entry["wall_time_s"] = round(elapsed + time.perf_counter() - eval_started, 1)  # training epochs + selection
         entry["model"] = str(model_path.relative_to(run.path))
         return entry

@@ -46,6 +46,7 @@ from trainer.rundir import RunDir, load_checkpoint
 from trainer.stages.common import (
     augment_generator, checkpoint_payload, load_stage_model, resume, save_epoch, seed_epoch,
 )
+from trainer.stages.neighbors import STAGE as NEIGHBORS
 from trainer.stages.scan import STAGE as SCAN
 from trainer.stages.sums import EpochSums
 from trainer.summary import summarize_clustering
@@ -431,8 +432,10 @@ def run_selflabel(
             "kept": kept,
             "start_health": loop.baseline.to_dict(),
         }
+        neighbors_path = run.stage_dir(NEIGHBORS) / "neighbors_train.npy"  # for the merge suggestions
+        neighbors = np.load(neighbors_path) if neighbors_path.exists() else None
         entry.update(summarize_clustering(config, stage_dir, train, result.probs, result.embeddings, test, test_probs,
-                                          result.health, title="self-label"))
+                                          result.health, title="self-label", neighbors=neighbors))
         entry["wall_time_s"] = round(elapsed + time.perf_counter() - eval_started, 1)
         entry["model"] = str(model_path.relative_to(run.path))
         return entry
