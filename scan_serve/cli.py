@@ -24,6 +24,22 @@ def _read(path: Optional[str], what: str) -> Optional[bytes]:
         raise click.UsageError(f"{what} {path}: {exc.strerror}") from None
 
 
+def _token(path: str) -> str:
+    """The operator token in `path`: one line of printable ASCII without spaces, as a gRPC header value allows."""
+    try:
+        token = (_read(path, "--token-file") or b"").decode("ascii").strip()
+    except UnicodeDecodeError as exc:
+        raise click.UsageError(f"--token-file {path}: byte {exc.start} is not ASCII; a token is printable ASCII "
+                               "without spaces (e.g. `openssl rand -hex 32`)") from None
+    if not token:
+        raise click.UsageError(f"--token-file {path} is empty")
+    bad = next((i for i, c in enumerate(token) if not "!" <= c <= "~"), None)
+    if bad is not None:
+        raise click.UsageError(f"--token-file {path}: character {bad} ({token[bad]!r}) is a space or control "
+                               "character; a token is printable ASCII without spaces (e.g. `openssl rand -hex 32`)")
+    return token
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SCAN_SERVE"})
 @click.option("--repository", required=True, type=click.Path(file_okay=False), help="Model repository written by scan-export.")
 @click.option("--model-name", required=True, help="Model folder in the repository.")
@@ -65,9 +81,7 @@ def main(repository: str, model_name: str, version: Optional[int], host: str, po
             raise click.UsageError("--tls-cert and --tls-key go together")
         token = None
         if token_file is not None:
-            token = (_read(token_file, "--token-file") or b"").decode().strip()
-            if not token:
-                raise click.UsageError(f"--token-file {token_file} is empty")
+            token = _token(token_file)
             if os.stat(token_file).st_mode & 0o077:
                 click.echo(f"scan-serve: warning: {token_file} is readable by other users (chmod 600 it)", err=True)
         settings = ServeSettings(

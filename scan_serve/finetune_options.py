@@ -17,6 +17,7 @@ from trainer.config import SelfLabelConfig
 DEFAULT_EPOCHS = 5
 MAX_EPOCHS = 1000
 DEFAULT_MIN_AGREEMENT = 0.6
+MAX_LR = 1.0  # no optimizer setting of ours trains above it; 1e30 or infinity only destroys the model
 MIN_IMAGES_PER_CLUSTER = 10  # stored images a job needs per cluster of the served model
 
 # request option: (whether a value it sets is allowed, the rule in words, with the default)
@@ -24,7 +25,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "epochs": (lambda v: 1 <= v <= MAX_EPOCHS, f"within 1..{MAX_EPOCHS} (0: the default {DEFAULT_EPOCHS})"),
     "threshold": (lambda v: 0 < v < 1, "within (0, 1) (0: the base version's selflabel.threshold)"),
     "max_images": (lambda v: v >= 0, "at least 0 (0: every stored image)"),
-    "learning_rate": (lambda v: v > 0, "above 0 (0: the base version's selflabel.lr)"),
+    "learning_rate": (lambda v: 0 < v <= MAX_LR, f"within (0, {MAX_LR:g}] (0: the base version's selflabel.lr)"),
     "min_agreement": (lambda v: 0 < v <= 1, f"within (0, 1] (0: the default {DEFAULT_MIN_AGREEMENT})"),
     "augment": (lambda v: v in ("strong", "weak"), "'strong' or 'weak' ('': the base version's selflabel.augment)"),
 }

@@ -136,10 +136,15 @@ class ClusterNames:
         self._names: dict[int, str] = {}
         if self.path.exists():
             try:
-                stored = json.loads(self.path.read_text())["names"]
-                self._names = {int(k): str(v) for k, v in stored.items() if v}
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+                stored = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
                 raise StartupError(f"{self.path} cannot be read ({exc}); fix or remove it") from exc
+            names = stored.get("names") if isinstance(stored, dict) else None
+            if not isinstance(names, dict) or not all(
+                    isinstance(k, str) and k.isascii() and k.isdigit() and isinstance(v, str) for k, v in names.items()):
+                raise StartupError(f'{self.path} is not {{"names": {{"<cluster number>": "<name>", ...}}}}; '
+                                   "fix or remove it")
+            self._names = {int(k): v for k, v in names.items() if v}
 
     def get(self, cluster: int) -> str:
         return self._names.get(cluster, "")

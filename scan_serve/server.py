@@ -364,6 +364,9 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         except OptionError as exc:
             raise InvalidInput(str(exc)) from None
         needed = MIN_IMAGES_PER_CLUSTER * served.num_clusters
+        if 0 < request.max_images < needed:
+            raise InvalidInput(f"max_images must be 0 (every stored image) or at least {needed} "
+                               f"({MIN_IMAGES_PER_CLUSTER} per cluster of the served version), got {request.max_images}")
         available = jobs.store.count()
         if available < needed:
             raise ServeError(f"the store holds {available} images; fine-tuning needs at least {needed} "
@@ -388,7 +391,8 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         try:
             return self._jobs().store.job(job_id)
         except KeyError:
-            raise ServeError(f"no fine-tuning job {job_id!r}", grpc.StatusCode.NOT_FOUND) from None
+            shown = job_id if len(job_id) <= 64 else f"{job_id[:64]}... ({len(job_id)} characters)"
+            raise ServeError(f"no fine-tuning job {shown!r}", grpc.StatusCode.NOT_FOUND) from None
 
 
 def _stored_bytes(image: Any) -> bytes:

@@ -123,13 +123,19 @@ def test_operator_rpcs_need_the_token_and_check_what_they_get(served, fashion_te
     assert "holds 40 images; fine-tuning needs at least 100" in error.value.details()
     for bad, option in ((scan_pb2.StartFineTuneRequest(augment="wild"), "augment must be"),
                         (scan_pb2.StartFineTuneRequest(epochs=1001), "epochs must be within 1..1000"),
-                        (scan_pb2.StartFineTuneRequest(threshold=1.5), "threshold must be within (0, 1)")):
+                        (scan_pb2.StartFineTuneRequest(threshold=1.5), "threshold must be within (0, 1)"),
+                        (scan_pb2.StartFineTuneRequest(learning_rate=float("inf")), "learning_rate must be within"),
+                        (scan_pb2.StartFineTuneRequest(max_images=1), "max_images must be 0 (every stored image) "
+                                                                     "or at least 100 (10 per cluster")):
         with pytest.raises(grpc.RpcError) as error:
             stub.StartFineTune(bad, metadata=OPERATOR)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and option in error.value.details()
     with pytest.raises(grpc.RpcError) as error:
         stub.GetFineTuneJob(scan_pb2.GetFineTuneJobRequest(id="nope"), metadata=OPERATOR)
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as error:  # a huge id is not echoed whole (the reply would pass the limit)
+        stub.CancelFineTuneJob(scan_pb2.CancelFineTuneJobRequest(id="x" * 100_000), metadata=OPERATOR)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND and "(100000 characters)" in error.value.details()
     assert classify_version(stub) == 1
 
 

@@ -40,7 +40,10 @@ def test_options_a_request_sets_are_kept():
     ("threshold", -0.2, r"threshold must be within \(0, 1\)"),
     ("threshold", math.nan, r"threshold must be within \(0, 1\).*got nan"),
     ("max_images", -1, r"max_images must be at least 0 \(0: every stored image\), got -1"),
-    ("learning_rate", -1e-3, r"learning_rate must be above 0 \(0: the base version's selflabel.lr\)"),
+    ("learning_rate", -1e-3, r"learning_rate must be within \(0, 1\] \(0: the base version's selflabel.lr\)"),
+    ("learning_rate", math.nan, r"learning_rate must be within \(0, 1\].*got nan"),
+    ("learning_rate", math.inf, r"learning_rate must be within \(0, 1\].*got inf"),
+    ("learning_rate", 1e30, r"learning_rate must be within \(0, 1\].*got 1e\+30"),
     ("min_agreement", 1.5, r"min_agreement must be within \(0, 1\] \(0: the default 0.6\), got 1.5"),
     ("augment", "wild", r"augment must be 'strong' or 'weak' \(''.*\), got 'wild'"),
 ])

@@ -212,3 +212,21 @@ def test_startup_errors_are_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "scan_serve.cli", "--repository", str(tmp_path), "--model-name",
                              "x", "--tls-cert", "c.pem"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--tls-cert and --tls-key go together" in result.stderr
+
+
+@pytest.mark.parametrize("content,problem", [
+    (b"\xff\xfesecret\n", "byte 0 is not ASCII"),
+    ("sécret".encode(), "byte 1 is not ASCII"),
+    (b"two words\n", "character 3 (' ') is a space or control character"),
+    (b"tab\there", "character 3 ('\\t') is a space or control character"),
+])
+def test_a_token_a_grpc_header_cannot_carry_is_refused_at_start(tmp_path, content, problem):
+    token = tmp_path / "token"
+    token.write_bytes(content)
+    token.chmod(0o600)
+    result = subprocess.run([sys.executable, "-m", "scan_serve.cli", "--repository", str(tmp_path), "--model-name",
+                             "x", "--token-file", str(token), "--no-metrics"], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"scan-serve: error: --token-file {token}: {problem}; a token is "
+                                                  "printable ASCII without spaces (e.g. `openssl rand -hex 32`)"]

@@ -31,3 +31,26 @@ def test_a_corrupt_newest_version_is_skipped_and_a_pinned_corrupt_one_is_refused
         start(tmp_path, metrics_port=None, version=2)
     with pytest.raises(StartupError, match=r"has no version 7 .*\(it has \[1, 2\]\)"):
         start(tmp_path, metrics_port=None, version=7)
+
+
+@pytest.mark.parametrize("content", ['["a", "b"]', '{"names": ["a", "b"]}', '{"names": "a"}',
+                                     '{"names": {"one": "a"}}', '{"names": {"1": 2}}', '{"names": {"²": "a"}}',
+                                     "not json", '{"names": {"1": "a"'])
+def test_cluster_names_of_the_wrong_shape_stop_the_start_with_one_clear_line(tmp_path, content):
+    shutil.copytree(EXAMPLE / "fashion_mnist", tmp_path / "fashion_mnist")
+    names = tmp_path / "fashion_mnist" / "cluster_names.json"
+    names.write_text(content, encoding="utf-8")
+    with pytest.raises(StartupError, match=f"{names}.*; fix or remove it") as error:
+        start(tmp_path, metrics_port=None)
+    assert "\n" not in str(error.value)
+    assert names.read_text(encoding="utf-8") == content  # nothing the operator wrote is replaced
+
+
+def test_cluster_names_of_the_right_shape_are_served(tmp_path):
+    shutil.copytree(EXAMPLE / "fashion_mnist", tmp_path / "fashion_mnist")
+    (tmp_path / "fashion_mnist" / "cluster_names.json").write_text('{"names": {"1": "trousers", "4": ""}}')
+    running = start(tmp_path, metrics_port=None)
+    try:
+        assert running.gateway.names.all(5) == ["", "trousers", "", "", ""]
+    finally:
+        running.stop(0)
