@@ -72,8 +72,12 @@ class ModelVersion:
         return self.path / FINETUNE_FILE
 
     def verify(self) -> None:
-        """Check every file the metadata lists is present with its recorded SHA-256."""
-        for name, expected in self.metadata.get("files", {}).items():
+        """Check every file the metadata lists is present with its recorded SHA-256 (model.onnx must be listed)."""
+        files = self.metadata.get("files")
+        if not isinstance(files, dict) or MODEL_FILE not in files:
+            raise ModelVersionError(f"{self.name} version {self.version}: metadata.json records no SHA-256 of "
+                                    f"{MODEL_FILE}, so its integrity cannot be checked (re-export it)")
+        for name, expected in files.items():
             path = self.path / name
             if not path.is_file():
                 raise ModelVersionError(f"{self.name} version {self.version}: {name} is missing from {self.path}")
@@ -102,7 +106,7 @@ class ModelRepository:
         if not folder.is_dir():
             return []
         return sorted(int(p.name) for p in folder.iterdir()
-                      if p.is_dir() and p.name.isdigit() and not p.name.startswith("0"))
+                      if p.is_dir() and _version_number(p.name))
 
     def next_version(self, name: str) -> int:
         existing = self.versions(name)
@@ -145,8 +149,9 @@ class ModelRepository:
         `fill(staging_dir)` writes the version's files and returns its metadata (without the file
         hashes, which this adds); then the staging folder is renamed to `<name>/<version>`.
         """
-        if version < 1:
-            raise RepositoryError(f"version must be a positive integer (Triton ignores 0), got {version}")
+        if not 1 <= version <= MAX_VERSION:
+            raise RepositoryError(f"version must be within 1..{MAX_VERSION} (Triton ignores 0; its numbers are "
+                                  f"int64), got {version}")
         folder = self.ensure_writable(name)
         final = folder / str(version)
         if final.exists():
@@ -193,6 +198,14 @@ class ModelRepository:
         if verify:
             result.verify()
         return result
+
+
+MAX_VERSION = 2**63 - 1  # Triton's version numbers are int64
+
+
+def _version_number(name: str) -> bool:
+    """Whether a folder name is a version: ASCII digits, no leading zero, within int64 (not '²', not 10**30)."""
+    return name.isascii() and name.isdigit() and not name.startswith("0") and int(name) <= MAX_VERSION
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -30,6 +30,11 @@ class Backend:
     def healthy(self) -> bool:
         return True
 
+    def graph_shapes(self) -> Optional[dict[str, tuple]]:
+        """Per-image shapes the graph declares (`images`: (C, H, W), `probs`: (K,), `embedding`: (D,); a
+        dimension it leaves open is a string), or None where the backend does not see the graph."""
+        return None
+
     def close(self) -> None:
         pass
 
@@ -49,6 +54,9 @@ class OnnxRuntimeBackend(Backend):
         self._worker = threading.Thread(target=self._run, name="onnxruntime-batcher", daemon=True)
         self._closed = False
         self._worker.start()
+
+    def graph_shapes(self) -> dict[str, tuple]:
+        return {arg.name: tuple(arg.shape[1:]) for arg in (*self.session.get_inputs(), *self.session.get_outputs())}
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._closed:

@@ -55,6 +55,20 @@ class ServedVersion:
         if int(meta["input"]["width"]) != self.size:
             raise StartupError(f"{version.path}: only square inputs are served, metadata says "
                                f"{meta['input']['width']}x{self.size}")
+        self._check_graph(backend.graph_shapes())
+
+    def _check_graph(self, shapes: Optional[dict[str, tuple]]) -> None:
+        """Refuse a version whose metadata or prototypes disagree with its graph (they would answer wrongly)."""
+        expected = {"images": (self.channels, self.size, self.size), "probs": (self.num_clusters,),
+                    "embedding": (self.embedding_dim,)}
+        if self.prototypes.embeddings.shape[1] != self.embedding_dim and len(self.prototypes.embeddings):
+            raise StartupError(f"{self.version.path}: the prototypes have {self.prototypes.embeddings.shape[1]} "
+                               f"dimensions, metadata.json says embedding_dim {self.embedding_dim}")
+        for name, want in expected.items() if shapes is not None else ():
+            got = shapes.get(name)
+            if got is None or len(got) != len(want) or any(isinstance(g, int) and g != w for g, w in zip(got, want)):
+                raise StartupError(f"{self.version.path}: model.onnx's {name!r} is {got} per image, metadata.json "
+                                   f"says {want}; the version is inconsistent (re-export it)")
 
     @property
     def name(self) -> str:

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -103,5 +104,27 @@ def test_loading_what_is_not_there_names_what_is(tmp_path):
     repo.publish("m", 2, fill_with("x"))
     with pytest.raises(ModelVersionError, match=r"has no version 5 .*\(it has \[2\]\)"):
         repo.load("m", 5)
-    with pytest.raises(RepositoryError, match="positive integer"):
-        repo.publish("m", 0, fill_with("x"))
+    for bad in (0, 2**63):
+        with pytest.raises(RepositoryError, match=r"version must be within 1\.\.9223372036854775807"):
+            repo.publish("m", bad, fill_with("x"))
+
+
+def test_folders_that_only_look_like_versions_are_not_versions(tmp_path):
+    repo = ModelRepository(tmp_path)
+    repo.publish("m", 1, fill_with("x"))
+    for name in ("²", "٣", "007", str(2**63), "10" * 20):  # isdigit() accepts them all; none is a version
+        (tmp_path / "m" / name).mkdir()
+    assert repo.versions("m") == [1] and repo.next_version("m") == 2
+    assert repo.publish("m", repo.next_version("m"), fill_with("y")).version == 2
+
+
+def test_a_version_without_recorded_hashes_fails_verification(tmp_path):
+    repo = ModelRepository(tmp_path)
+    version = repo.publish("m", 1, fill_with("x"))
+    metadata = json.loads((version.path / "metadata.json").read_text())
+    del metadata["files"]
+    (version.path / "metadata.json").write_text(json.dumps(metadata))
+    (version.path / "model.onnx").write_text("tampered")
+    repo.load("m", 1)  # listing it is fine
+    with pytest.raises(ModelVersionError, match="records no SHA-256 of model.onnx"):
+        repo.load("m", 1, verify=True)

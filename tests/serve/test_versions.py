@@ -1,5 +1,6 @@
 """Which version the gateway serves: the newest intact one; a pinned damaged one stops the start."""
 
+import json
 import shutil
 
 import pytest
@@ -54,3 +55,19 @@ def test_cluster_names_of_the_right_shape_are_served(tmp_path):
         assert running.gateway.names.all(5) == ["", "trousers", "", "", ""]
     finally:
         running.stop(0)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m.update(num_clusters=m["num_clusters"] + 1), r"model.onnx's 'probs' is \(10,\) per image, "
+                                                              r"metadata.json says \(11,\)"),
+    (lambda m: m["input"].update(channels=3), r"model.onnx's 'images' is \(1, 28, 28\) per image"),
+    (lambda m: m.update(embedding_dim=7), r"the prototypes have \d+ dimensions, metadata.json says embedding_dim 7"),
+])
+def test_a_version_whose_metadata_disagrees_with_its_graph_is_refused(tmp_path, edit, message):
+    shutil.copytree(EXAMPLE / "fashion_mnist", tmp_path / "fashion_mnist")
+    path = tmp_path / "fashion_mnist" / "1" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    edit(metadata)
+    path.write_text(json.dumps(metadata))  # metadata.json is not among the hashed files
+    with pytest.raises(StartupError, match=message):
+        start(tmp_path, metrics_port=None, version=1)
