@@ -16,6 +16,12 @@ class ServeError(Exception):
             self.code = code
 
 
+class ClientGone(ServeError):
+    """The client cancelled or its deadline passed: the rest of its request is not worked on."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
 class InvalidInput(ServeError):
     """The request breaks a rule (undecodable image, wrong raw shape, bad option)."""
 

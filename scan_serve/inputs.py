@@ -8,12 +8,12 @@ tensors, so the served model sees exactly what it was trained on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from scan_serve.errors import InvalidInput, OverLimit
+from scan_serve.errors import ClientGone, InvalidInput, OverLimit
 from trainer.data.preprocess import ImageDecodeError, ImageTooLargeError, decode_image, to_uint8_chw
 
 
@@ -97,9 +97,15 @@ def raw_picture(raw: Any) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)), mode="RGB")
 
 
-def prepare_images(images: Sequence[Any], channels: int, size: int, limits: InputLimits) -> np.ndarray:
-    """All images of a request -> `(N, channels, size, size)` uint8; the first bad image fails the request."""
+def prepare_images(images: Sequence[Any], channels: int, size: int, limits: InputLimits,
+                   alive: Callable[[], bool] = lambda: True) -> np.ndarray:
+    """All images of a request -> `(N, channels, size, size)` uint8; the first bad image fails the request.
+
+    `alive()` is asked before each image: once the client has gone (cancelled, deadline passed), the
+    remaining images are not decoded (ClientGone)."""
     batch = np.empty((len(images), channels, size, size), dtype=np.uint8)
     for index, image in enumerate(images):
+        if not alive():
+            raise ClientGone(f"the client went away after {index} of {len(images)} images were decoded")
         batch[index] = prepare_image(image, index, channels, size, limits)
     return batch

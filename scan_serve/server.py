@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from export.repository import ModelRepository, ModelVersion
 from scan_serve.backends import Backend, OnnxRuntimeBackend, TritonBackend
-from scan_serve.errors import InvalidInput, ServeError, StartupError
+from scan_serve.errors import ClientGone, InvalidInput, ServeError, StartupError
 from scan_serve.finetune_options import MIN_IMAGES_PER_CLUSTER, OptionError, check_options
 from scan_serve.inputs import InputLimits, check_request, prepare_image, prepare_images, raw_picture
 from scan_serve.jobs import JobManager
@@ -221,6 +221,10 @@ def _observed(method: str) -> Callable:
                 if not hasattr(request, "DESCRIPTOR"):  # a client stream
                     request = _checked(request)
                 return handler(self, request, context)
+            except ClientGone as exc:
+                code = exc.code
+                log.info("%s: %s", method, exc)
+                context.abort(code, str(exc))
             except ServeError as exc:
                 code = exc.code
                 context.abort(code, str(exc))
@@ -248,20 +252,25 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         gateway = self.gateway
         served = gateway.acquire()
         try:
-            return self._classify(request, served)
+            return self._classify(request, served, context.is_active)
         finally:
             served.leave()
 
-    def _classify(self, request: scan_pb2.ClassifyRequest, served: ServedVersion) -> scan_pb2.ClassifyResponse:
+    def _classify(self, request: scan_pb2.ClassifyRequest, served: ServedVersion,
+                  alive: Callable[[], bool]) -> scan_pb2.ClassifyResponse:
         gateway = self.gateway
         limits = gateway.settings.limits
         top_k = int(request.top_k_prototypes)
         try:
             check_request(len(request.images), top_k, limits)
-            images = prepare_images(request.images, served.channels, served.size, limits)
+            images = prepare_images(request.images, served.channels, served.size, limits, alive)
+        except ClientGone:
+            raise
         except ServeError as exc:
             gateway.metrics.rejected.labels(exc.code.name).inc()
             raise
+        if not alive():
+            raise ClientGone("the client went away before inference")
         observe = gateway.metrics.backend_latency.labels(gateway.backend_name).observe
         found = served.predict(images, top_k, observe)
         gateway.metrics.observe_predictions(found.clusters, found.confidence, served.threshold,

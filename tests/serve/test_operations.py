@@ -1,6 +1,7 @@
 """What operators and tools see: health, reflection, metrics (promtool, a real Prometheus), TLS, shutdown."""
 
 import json
+import logging
 import signal
 import socket
 import subprocess
@@ -230,3 +231,26 @@ def test_a_token_a_grpc_header_cannot_carry_is_refused_at_start(tmp_path, conten
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"scan-serve: error: --token-file {token}: {problem}; a token is "
                                                   "printable ASCII without spaces (e.g. `openssl rand -hex 32`)"]
+
+
+def test_a_request_whose_client_went_away_is_not_worked_on_further(repository, caplog):
+    caplog.set_level(logging.INFO, logger="scan_serve")
+    running = start(repository)
+    request = big_request(count=128)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}",
+                                   options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+            with pytest.raises(grpc.RpcError) as error:
+                scan_pb2_grpc.ScanServiceStub(channel).ClassifyUnlabeled(request, timeout=0.3)
+            assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline, text = time.monotonic() + 60, ""
+        while sample(text, "scan_requests_total", method="ClassifyUnlabeled", code="CANCELLED") == 0:
+            assert time.monotonic() < deadline, "the gateway never gave up on the request"
+            time.sleep(0.05)
+            text = scrape(running.metrics_port)
+        assert sample(text, "scan_images_classified_total") == 0  # no inference for a client that has gone
+        stopped = [r.getMessage() for r in caplog.records if "the client went away" in r.getMessage()]
+        decoded = int(stopped[0].split("after ")[1].split(" of ")[0])
+        assert decoded < 128, stopped  # decoding stopped part-way (a full decode takes seconds)
+    finally:
+        running.stop(0)
