@@ -9,9 +9,8 @@ COPY pyproject.toml README.md ./
 COPY trainer ./trainer
 COPY export ./export
 COPY scan_serve ./scan_serve
-# torch is needed by the shared preprocessing and the model code; the CPU wheel keeps the image small
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
- && pip install --no-cache-dir ".[cpu]" \
+# the gateway without torch (fine-tuning with --store needs the trainer image's .[train])
+RUN pip install --no-cache-dir ".[serve,cpu]" \
  && useradd --create-home --uid 10001 scan
 USER scan
 ENV SCAN_SERVE_REPOSITORY=/models SCAN_SERVE_MODEL_NAME=fashion_mnist SCAN_SERVE_HOST=0.0.0.0

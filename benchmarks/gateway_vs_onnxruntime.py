@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import command_line, machine, write_json  # noqa: E402
-from export.graph import onnx_session  # noqa: E402
+from export.session import onnx_session  # noqa: E402
 from export.repository import ModelRepository  # noqa: E402
 from scan_serve.process import spawn_gateway  # noqa: E402
 from scan_serve.proto import scan_pb2, scan_pb2_grpc  # noqa: E402

@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import command_line, machine, write_json  # noqa: E402
-from export.graph import ServedModel, onnx_session  # noqa: E402
+from export.graph import ServedModel  # noqa: E402
+from export.session import onnx_session  # noqa: E402
 from export.repository import ModelRepository  # noqa: E402
 from trainer.config import config_from_dict  # noqa: E402
 from trainer.data import load_dataset  # noqa: E402

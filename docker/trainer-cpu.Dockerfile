@@ -12,7 +12,7 @@ COPY export ./export
 COPY scan_serve ./scan_serve
 COPY configs ./configs
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
- && pip install --no-cache-dir ".[cpu]" \
+ && pip install --no-cache-dir ".[train,cpu]" \
  && useradd --create-home --uid 10001 scan && mkdir -p /app/runs && chown scan /app/runs
 USER scan
 ENTRYPOINT ["scan-train"]

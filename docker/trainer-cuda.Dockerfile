@@ -10,7 +10,7 @@ COPY export ./export
 COPY scan_serve ./scan_serve
 COPY configs ./configs
 # the base image's CUDA torch satisfies the torch requirement; the gpu extra adds faiss-gpu and onnxruntime-gpu
-RUN pip install --no-cache-dir ".[gpu]" \
+RUN pip install --no-cache-dir ".[train,gpu]" \
  && useradd --create-home --uid 10001 scan && mkdir -p /app/runs && chown scan /app/runs
 USER scan
 ENTRYPOINT ["scan-train"]

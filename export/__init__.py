@@ -1,7 +1,8 @@
 """scan-export: backbone + chosen cluster head -> one ONNX graph -> a versioned Triton model repository.
 
 Modules, by role:
-* `graph`         the served graph (`ServedModel`), ONNX tracing, onnxruntime sessions, the parity check;
+* `graph`         the served graph (`ServedModel`), ONNX tracing, the parity check;
+* `session`       the graph's input/output names and onnxruntime sessions (torch-free: the gateway's part);
 * `triton_config` `config.pbtxt` from Triton's own `ModelConfig` schema;
 * `prototypes`    the prototype selection and the faiss index stored with each version;
 * `repository`    the repository on disk: versions, atomic publishing, reading a version back;

@@ -17,7 +17,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from export.errors import ExportError, RepositoryError, VersionExistsError
-from export.graph import OPSET, ServedModel, describe_parity, check_parity, export_onnx, onnx_session, run_session
+from export.graph import OPSET, ServedModel, check_parity, describe_parity, export_onnx
+from export.session import onnx_session, run_session
 from export.prototypes import PrototypeIndex, PrototypeSelection
 from export.repository import CONFIG_FILE, FINETUNE_FILE, MODEL_FILE, ModelRepository, ModelVersion
 from export.triton_config import TritonModelConfig, read_config, signature
@@ -165,7 +166,7 @@ def _metadata(name: str, model: ScanModel, inputs: ExportInputs, num_clusters: i
         "embedding_dim": model.feature_dim,
         "confidence_threshold": float(inputs.threshold),
         "cluster_names": names,
-        "preprocessing": "trainer.data.preprocess.decode_image: EXIF orientation, alpha onto white, "
+        "preprocessing": "trainer.decode.decode_to_array: EXIF orientation, alpha onto white, "
                          f"{'L' if model.in_channels == 1 else 'RGB'}, shorter side to {inputs.image_size} "
                          "(bicubic, antialiased), centre crop",
         "source": inputs.source,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from export.errors import ExportError, RepositoryError
-from export.graph import INPUT_NAME, OUTPUT_NAMES
+from export.session import INPUT_NAME, OUTPUT_NAMES
 
 INSTANCE_KINDS = ("auto", "cpu", "gpu")
 

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from export.graph import INPUT_NAME, OUTPUT_NAMES, onnx_session
+from export.session import INPUT_NAME, OUTPUT_NAMES, onnx_session
 from scan_serve.errors import BackendUnavailable, StartupError
 
 

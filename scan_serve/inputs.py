@@ -1,8 +1,8 @@
 """Request images -> the model's uint8 input batch, with the gateway's input rules.
 
-Encoded bytes go through `trainer.data.preprocess.decode_image` and raw pixels through
-`trainer.data.preprocess.to_uint8_chw`: the same functions that turned training images into
-tensors, so the served model sees exactly what it was trained on.
+Encoded bytes go through `trainer.decode.decode_to_array` and raw pixels through
+`trainer.decode.image_to_array`: the same functions that turned training images into tensors
+(torch-free), so the served model sees exactly what it was trained on.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from scan_serve.errors import ClientGone, InvalidInput, OverLimit
-from trainer.data.preprocess import ImageDecodeError, ImageTooLargeError, decode_image, to_uint8_chw
+from trainer.decode import ImageDecodeError, ImageTooLargeError, decode_to_array, image_to_array
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def prepare_image(image: Any, index: int, channels: int, size: int, limits: Inpu
         if len(data) > limits.max_image_bytes:
             raise OverLimit(f"{where}: {len(data)} bytes, more than the limit of {limits.max_image_bytes} bytes per image")
         try:
-            return decode_image(data, size, channels, limits.max_pixels, limits.min_side).numpy()
+            return decode_to_array(data, size, channels, limits.max_pixels, limits.min_side)
         except ImageTooLargeError as exc:
             raise OverLimit(f"{where}: {exc}") from None
         except ImageDecodeError as exc:
@@ -85,8 +85,8 @@ def _prepare_raw(raw: Any, where: str, channels: int, size: int, limits: InputLi
                            f"{c}x{h}x{w} = {c * h * w}")
     pixels = np.frombuffer(raw.data, dtype=np.uint8).reshape(c, h, w)
     if c == channels and h == size and w == size:
-        return pixels  # what to_uint8_chw returns for an image already in the model's mode and size
-    return to_uint8_chw(raw_picture(raw), size, channels).numpy()
+        return pixels  # what image_to_array returns for an image already in the model's mode and size
+    return image_to_array(raw_picture(raw), size, channels)
 
 
 def raw_picture(raw: Any) -> Image.Image:

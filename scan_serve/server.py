@@ -7,6 +7,7 @@ Every RPC is a method of `ScanServicer`; errors leave it as a status code and a 
 from __future__ import annotations
 
 import hmac
+import importlib.util
 import io
 import json
 import logging
@@ -89,6 +90,9 @@ class Gateway:
         self.store: Optional[ImageStore] = None
         self.jobs: Optional[JobManager] = None
         if settings.store is not None:
+            if importlib.util.find_spec("torch") is None:
+                raise StartupError("--store turns on fine-tuning, whose jobs train with PyTorch, and torch is not "
+                                   "installed here (a serve-only install): pip install '.[train]', or drop --store")
             self.store = ImageStore(settings.store, settings.store_max_images, settings.store_max_bytes)
             self.jobs = JobManager(self.store, settings.repository, settings.model_name, settings.finetune_device,
                                    on_success=self.switch_to, on_change=self.refresh_store_metrics, log=log_line)

@@ -45,6 +45,6 @@ else
     || { say "installing CUDA torch"; "${pip[@]}" torch; }
 fi
 
-say "installing the project (.[$flavor,test])"
-"${pip[@]}" -e ".[$flavor,test]"
+say "installing the project (.[train,$flavor,test])"
+"${pip[@]}" -e ".[train,$flavor,test]"
 .venv/bin/python -c 'import torch, faiss; print(f"[install] torch {torch.__version__}, faiss {faiss.__version__}, cuda {torch.cuda.is_available()}")'

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from export.graph import ServedModel, onnx_session, run_session, run_torch
+from export.graph import ServedModel, run_torch
+from export.session import onnx_session, run_session
 from export.prototypes import PrototypeIndex
 from export.repository import ModelRepository
 from export.triton_config import read_config, signature

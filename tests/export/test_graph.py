@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from export.errors import ExportError, ParityError
-from export.graph import (PARITY_TOLERANCE, ServedModel, check_parity, export_onnx, onnx_providers, onnx_session,
-                          run_session, run_torch)
+from export.graph import PARITY_TOLERANCE, ServedModel, check_parity, export_onnx, run_torch
+from export.session import onnx_providers, onnx_session, run_session
 from trainer.config import RunConfig
 from trainer.data import load_dataset
 from trainer.models.scan_model import ScanModel

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from export.errors import HeadError, RepositoryError, RunNotReadyError, VersionExistsError
-from export.graph import ServedModel, onnx_session, run_session, run_torch
+from export.graph import ServedModel, run_torch
+from export.session import onnx_session, run_session
 from export.prototypes import PrototypeIndex
 from export.publish import ExportInputs, TritonOptions, export_model
 from export.repository import ModelRepository

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from export.graph import onnx_session, run_session
+from export.session import onnx_session, run_session
 from scan_serve.backends import OnnxRuntimeBackend
 from scan_serve.errors import BackendUnavailable, StartupError
 from tests.serve.conftest import EXAMPLE

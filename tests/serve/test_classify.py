@@ -5,7 +5,7 @@ import grpc
 import numpy as np
 import pytest
 
-from export.graph import onnx_session, run_session
+from export.session import onnx_session, run_session
 from export.prototypes import PrototypeIndex
 from export.repository import ModelRepository
 from scan_serve.proto import scan_pb2
