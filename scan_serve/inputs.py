@@ -28,9 +28,12 @@ class InputLimits:
     max_top_k: int = 64  # nearest prototypes per image
     max_id_bytes: int = 256  # caller id per image
     max_message_bytes: int = 64 << 20  # whole request, enforced by gRPC itself
+    max_jpeg_scans: int = 100  # scans per JPEG (a progressive JPEG has about 10; each costs a pass)
+    max_rle_bmp_pixels: int = 1 << 20  # pixels of an RLE-compressed BMP (PIL decodes RLE in Python)
 
     def __post_init__(self) -> None:
-        for name in ("max_images", "max_image_bytes", "max_pixels", "min_side", "max_message_bytes"):
+        for name in ("max_images", "max_image_bytes", "max_pixels", "min_side", "max_message_bytes", "max_jpeg_scans",
+                     "max_rle_bmp_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
@@ -61,6 +64,7 @@ def prepare_image(image: Any, index: int, channels: int, size: int, limits: Inpu
         data = image.encoded
         if len(data) > limits.max_image_bytes:
             raise OverLimit(f"{where}: {len(data)} bytes, more than the limit of {limits.max_image_bytes} bytes per image")
+        _check_decode_cost(data, where, limits)
         try:
             return decode_to_array(data, size, channels, limits.max_pixels, limits.min_side)
         except ImageTooLargeError as exc:
@@ -68,6 +72,21 @@ def prepare_image(image: Any, index: int, channels: int, size: int, limits: Inpu
         except ImageDecodeError as exc:
             raise InvalidInput(f"{where}: {exc}") from None
     return _prepare_raw(image.raw, where, channels, size, limits)
+
+
+def _check_decode_cost(data: bytes, where: str, limits: InputLimits) -> None:
+    """Refuse, from the bytes alone, files whose decoding costs far more than their pixel count says:
+    a JPEG with many scans (every scan is a pass over the image) and a large RLE-compressed BMP."""
+    if data[:2] == b"\xff\xd8":
+        scans = data.count(b"\xff\xda")  # start-of-scan markers; 0xFF is byte-stuffed inside scan data
+        if scans > limits.max_jpeg_scans:
+            raise OverLimit(f"{where}: a JPEG of {scans} scans, more than the limit of {limits.max_jpeg_scans} "
+                            "(a progressive JPEG has about 10)")
+    elif data[:2] == b"BM" and len(data) >= 34 and int.from_bytes(data[14:18], "little") >= 40:
+        width, height = (abs(int.from_bytes(data[i:i + 4], "little", signed=True)) for i in (18, 22))
+        if int.from_bytes(data[30:34], "little") in (1, 2) and width * height > limits.max_rle_bmp_pixels:
+            raise OverLimit(f"{where}: an RLE-compressed BMP of {width}x{height} pixels, more than the limit of "
+                            f"{limits.max_rle_bmp_pixels} for RLE (send PNG)")
 
 
 def _prepare_raw(raw: Any, where: str, channels: int, size: int, limits: InputLimits) -> np.ndarray:

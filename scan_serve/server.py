@@ -485,7 +485,9 @@ def create_server(settings: ServeSettings, log_line: Callable[[str], None] = pri
     limits = settings.limits
     options = [("grpc.max_receive_message_length", limits.max_message_bytes),
                ("grpc.max_send_message_length", limits.max_message_bytes),
-               ("grpc.so_reuseport", 0)]
+               ("grpc.so_reuseport", 0),
+               # identity only: a small gzip request must not inflate to max_message_bytes in memory
+               ("grpc.compression_enabled_algorithms_bitset", 1)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
                          interceptors=[OperatorAuth(settings.token, metrics)], options=options)
     add_servicer(ScanServicer(gateway), server)

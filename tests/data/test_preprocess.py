@@ -332,3 +332,13 @@ def test_convert_channels_grey_to_rgb_repeats_and_same_count_is_a_no_op():
     assert all(torch.equal(rgb[0, c], grey[0, 0]) for c in range(3))
     assert torch.equal(convert_channels(rgb, 1), grey)  # equal planes keep their value
     assert convert_channels(grey, 1) is grey
+
+
+def test_compositing_in_bands_gives_the_whole_image_formula():
+    from trainer.decode import _composite_on_white  # noqa: PLC0415 - the banded helper itself
+    rgba = np.random.default_rng(3).integers(0, 256, (53, 37, 4), dtype=np.uint8)
+    color, alpha = rgba[..., :3].astype(np.uint32), rgba[..., 3:].astype(np.uint32)
+    expected = ((color * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+    for chunk_pixels in (1, 100, 37 * 53, 1 << 20):  # one row, a few rows, exactly the image, more
+        banded = _composite_on_white(Image.fromarray(rgba, "RGBA"), chunk_pixels=chunk_pixels)
+        np.testing.assert_array_equal(np.asarray(banded), expected)

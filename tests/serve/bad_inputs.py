@@ -46,6 +46,25 @@ def png_bomb(side: int) -> bytes:
     return png_declaring(side, side, body)
 
 
+def rle_bmp(width: int, height: int) -> bytes:
+    """An 8-bit RLE-compressed BMP declaring `width` x `height` pixels in about 1 KB (two runs a row)."""
+    palette = b"".join(bytes((i, i, i, 0)) for i in range(256))
+    rle = (bytes((255, 7)) * 2 + b"\x00\x00") * height + b"\x00\x01"  # runs, end of line ..., end of bitmap
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rle), 2835, 2835, 256, 0)
+    offset = 14 + len(info) + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(rle), 0, 0, offset) + info + palette + rle
+
+
+def jpeg_of_scans(extra_scans: int, side: int = 64) -> bytes:
+    """A progressive JPEG whose last scan is repeated `extra_scans` times (libjpeg decodes every one)."""
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(1).integers(0, 256, (side, side), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="JPEG", progressive=True)
+    data = buffer.getvalue()
+    last, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    return data[:end] + data[last:end] * extra_scans + data[end:]
+
+
 def request(*images: scan_pb2.Image, **options) -> bytes:
     return scan_pb2.ClassifyRequest(images=list(images), **options).SerializeToString()
 

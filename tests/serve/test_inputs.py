@@ -11,7 +11,7 @@ from scan_serve.errors import InvalidInput, OverLimit
 from scan_serve.inputs import InputLimits, prepare_image
 from scan_serve.proto import scan_pb2
 from tests.fmnist import needs_fashion_mnist
-from tests.serve.bad_inputs import png_bomb
+from tests.serve.bad_inputs import jpeg_of_scans, png_bomb, rle_bmp
 from tests.serve.conftest import start
 from trainer.data.folder import load_image_folder
 
@@ -82,6 +82,11 @@ CASES = [
     ("5000x5000 over the pixel limit", [scan_pb2.Image(id="big", encoded=png_bomb(5000))], {},
      grpc.StatusCode.RESOURCE_EXHAUSTED, "image 0 (id 'big'): image is 5000x5000 = 25000000 pixels, more than the "
                                         "limit of 4194304 pixels"),
+    ("JPEG of 200 scans", [scan_pb2.Image(id="scans", encoded=jpeg_of_scans(194))], {},
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "image 0 (id 'scans'): a JPEG of 200 scans, more than the limit of 100"),
+    ("RLE BMP of 2097152x8", [scan_pb2.Image(id="rle", encoded=rle_bmp(2097152, 8))], {},
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "image 0 (id 'rle'): an RLE-compressed BMP of 2097152x8 pixels, more than "
+                                         "the limit of 1048576 for RLE (send PNG)"),
     ("raw size mismatch", [raw_image(data=bytes(700))], {}, grpc.StatusCode.INVALID_ARGUMENT,
      "raw data has 700 bytes, but channels x height x width = 1x28x28 = 784"),
     ("raw 2 channels", [raw_image(data=bytes(2 * 784), channels=2)], {}, grpc.StatusCode.INVALID_ARGUMENT,
@@ -127,6 +132,28 @@ def test_a_message_over_the_size_limit_is_refused_by_grpc_itself(repository):
                 stub.ClassifyUnlabeled(scan_pb2.ClassifyRequest(images=images))
             assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert stub.ClassifyUnlabeled(scan_pb2.ClassifyRequest(images=[raw_image()])).model_version == 1
+    finally:
+        running.stop(1)
+
+
+def test_ordinary_progressive_jpegs_and_small_rle_bmps_are_decoded():
+    limits = InputLimits()
+    for data in (jpeg_of_scans(0), jpeg_of_scans(90), rle_bmp(512, 512)):
+        image = scan_pb2.Image(encoded=data)
+        assert prepare_image(image, 0, 1, 28, limits).shape == (1, 28, 28)
+
+
+def test_a_gzip_compressed_request_is_refused_before_it_is_inflated(repository):
+    running = start(repository, metrics_port=None)
+    try:
+        request = scan_pb2.ClassifyRequest(images=[raw_image()])
+        from scan_serve.proto import scan_pb2_grpc  # noqa: PLC0415
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}", compression=grpc.Compression.Gzip) as channel:
+            with pytest.raises(grpc.RpcError) as error:
+                scan_pb2_grpc.ScanServiceStub(channel).ClassifyUnlabeled(request)
+            assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED and "gzip" in error.value.details()
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            assert scan_pb2_grpc.ScanServiceStub(channel).ClassifyUnlabeled(request).model_version == 1
     finally:
         running.stop(1)
 
