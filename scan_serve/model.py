@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import grpc
 import numpy as np
 
 from export.errors import ExportError
 from export.prototypes import PrototypeIndex
 from export.repository import ModelRepository, ModelVersion
 from scan_serve.backends import Backend
-from scan_serve.errors import StartupError
+from scan_serve.errors import ServeError, StartupError
 from trainer.atomic import atomic_write_text
 
 NAMES_FILE = "cluster_names.json"
@@ -167,6 +168,7 @@ class ClusterNames:
         return [self.get(k) for k in range(num_clusters)]
 
     def update(self, names: dict[int, str]) -> None:
+        """Merge `names` in and write the file; the model folder must still exist (it is never re-created)."""
         with self._lock:
             merged = dict(self._names)
             for cluster, name in names.items():
@@ -174,6 +176,12 @@ class ClusterNames:
                     merged[int(cluster)] = name
                 else:
                     merged.pop(int(cluster), None)
-            atomic_write_text(self.path, json.dumps({"names": {str(k): v for k, v in sorted(merged.items())}},
-                                                    indent=1) + "\n")
+            text = json.dumps({"names": {str(k): v for k, v in sorted(merged.items())}}, indent=1) + "\n"
+            try:
+                if not self.path.parent.is_dir():
+                    raise FileNotFoundError(f"{self.path.parent} is gone")
+                atomic_write_text(self.path, text)
+            except OSError as exc:
+                raise ServeError(f"the names were not saved: the model folder {self.path.parent} cannot be written "
+                                 f"({exc}); restore the repository", grpc.StatusCode.FAILED_PRECONDITION) from exc
             self._names = merged

@@ -3,9 +3,10 @@
 import json
 import shutil
 
+import grpc
 import pytest
 
-from scan_serve.errors import StartupError
+from scan_serve.errors import ServeError, StartupError
 from tests.serve.conftest import EXAMPLE, start
 
 
@@ -71,3 +72,18 @@ def test_a_version_whose_metadata_disagrees_with_its_graph_is_refused(tmp_path, 
     path.write_text(json.dumps(metadata))  # metadata.json is not among the hashed files
     with pytest.raises(StartupError, match=message):
         start(tmp_path, metrics_port=None, version=1)
+
+
+def test_a_repository_removed_while_serving_is_not_recreated_by_naming_clusters(tmp_path):
+    shutil.copytree(EXAMPLE / "fashion_mnist", tmp_path / "repo" / "fashion_mnist")
+    running = start(tmp_path / "repo", metrics_port=None)
+    try:
+        shutil.rmtree(tmp_path / "repo")
+        with pytest.raises(ServeError, match=r"the names were not saved: the model folder .*fashion_mnist cannot be "
+                                             r"written .*restore the repository") as error:
+            running.gateway.names.update({1: "trousers"})
+        assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert not (tmp_path / "repo").exists() and running.gateway.names.get(1) == ""
+        assert running.gateway.current.number == 1  # the loaded version keeps answering
+    finally:
+        running.stop(0)
