@@ -10,6 +10,7 @@ from export.errors import ExportError
 from export.graph import describe_parity
 from export.publish import TritonOptions
 from export.run import export_run
+from trainer.cliversion import ModelVersionCommand, version_option
 from trainer.device import configure_cpu_threads, resolve_device
 from trainer.errors import TrainerError
 
@@ -30,11 +31,13 @@ def _head(value: str) -> str | int:
     return int(value)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=ModelVersionCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("scan-export")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--repository", required=True, type=click.Path(file_okay=False), help="Triton model repository (created if missing).")
 @click.option("--model-name", required=True, help="Folder name of the model in the repository.")
-@click.option("--version", "version", default="next", show_default=True, help="Version number to write, or 'next'.")
+@click.option("--model-version", "model_version", default="next", show_default=True,
+              help="Model version number to write, or 'next'.")
 @click.option("--head", default="best", show_default=True,
               help="'best': the run's final model (self-labeled, else SCAN's selected head); K: SCAN head K.")
 @click.option("--device", default="auto", show_default=True, help="Where prototypes are computed: auto | cpu | cuda[:N].")
@@ -49,14 +52,14 @@ def _head(value: str) -> str | int:
 @click.option("--keep-versions", type=click.IntRange(min=1), default=1, show_default=True,
               help="Triton version_policy: serve the newest N versions.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
-def main(run_dir: str, repository: str, model_name: str, version: str, head: str, device: str,
+def main(run_dir: str, repository: str, model_name: str, model_version: str, head: str, device: str,
          threshold: float | None, data_root: str | None, instance_kind: str, instances: int, max_batch_size: int,
          max_queue_delay_us: int, keep_versions: int, progress: bool | None) -> None:
     """Export the model trained in RUN_DIR as a new version of MODEL_NAME in a Triton model repository."""
     if progress is None:
         progress = sys.stderr.isatty()
     try:
-        number = _version(version)
+        number = _version(model_version)
         chosen_head = _head(head)
     except click.BadParameter as exc:
         click.echo(f"scan-export: error: {exc}", err=True)

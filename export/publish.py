@@ -134,10 +134,10 @@ def resolve_version(
     if version is None:
         return repository.next_version(model_name)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ExportError(f"--version must be a positive integer or 'next', got {version!r}")
+        raise ExportError(f"--model-version must be a positive integer or 'next', got {version!r}")
     if version in repository.versions(model_name):
         raise VersionExistsError(f"{model_name} version {version} already exists in {repository.root}; "
-                                 "use --version next or another number")
+                                 "use --model-version next or another number")
     return version
 
 

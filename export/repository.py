@@ -156,7 +156,7 @@ class ModelRepository:
         final = folder / str(version)
         if final.exists():
             raise VersionExistsError(f"{name} version {version} already exists in {self.root}; "
-                                     "use --version next or another number")
+                                     "use --model-version next or another number")
         staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-{os.getpid()}-", dir=folder))
         try:
             metadata = fill(staging)

@@ -6,6 +6,12 @@ Modules, by role:
 * `backends`  embedded onnxruntime (with in-process batching) or a Triton server;
 * `model`     a served version: metadata, prototype index, backend; cluster names;
 * `metrics`   Prometheus metrics;
-* `server`    the servicer, operator auth, health, reflection, `create_server` and `serve`;
+* `settings`  `ServeSettings`: everything a gateway runs with, and the serving defaults;
+* `gateway`   the served version and its switch without restart, names, health, the fine-tuning jobs;
+* `servicer`  the RPCs (errors become status codes, malformed bytes INVALID_ARGUMENT);
+* `auth`      the operator token check;
+* `server`    `create_server` and `serve`: ports, health, reflection, start and stop;
+* `store`, `jobs`, `finetune`, `finetune_options`   fine-tuning on stored images (the job runs in its own process);
+* `client`    the Python client; `process` runs the gateway as a child process;
 * `cli`       `scan-serve`.
 """

@@ -12,7 +12,9 @@ import click
 
 from scan_serve.errors import ServeError
 from scan_serve.inputs import InputLimits
-from scan_serve.server import ServeSettings, serve
+from scan_serve.server import serve
+from scan_serve.settings import ServeSettings
+from trainer.cliversion import ModelVersionCommand, version_option
 
 
 def _read(path: Optional[str], what: str) -> Optional[bytes]:
@@ -40,10 +42,12 @@ def _token(path: str) -> str:
     return token
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SCAN_SERVE"})
+@click.command(cls=ModelVersionCommand,
+               context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SCAN_SERVE"})
 @click.option("--repository", required=True, type=click.Path(file_okay=False), help="Model repository written by scan-export.")
 @click.option("--model-name", required=True, help="Model folder in the repository.")
-@click.option("--version", type=click.IntRange(min=1), default=None, help="Version to serve (default: newest intact).")
+@click.option("--model-version", "model_version", type=click.IntRange(min=1), default=None,
+              help="Model version to serve (default: the newest intact one).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True, help="gRPC port (0: any free).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=9464, show_default=True,
@@ -68,11 +72,16 @@ def _token(path: str) -> str:
 @click.option("--store-max-bytes", type=click.IntRange(min=1), default=2 << 30, show_default=True)
 @click.option("--finetune-device", default="cpu", show_default=True, help="Where fine-tuning jobs train.")
 @click.option("--grace", type=float, default=10.0, show_default=True, help="Seconds in-flight requests get on SIGTERM.")
-def main(repository: str, model_name: str, version: Optional[int], host: str, port: int, metrics_port: int,
+@click.option("--max-concurrent-rpcs", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Calls in progress at once; more are refused with RESOURCE_EXHAUSTED (load shedding).")
+@click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
+              help="Write JSON {pid, port, metrics_port, model_name, model_version} here once serving; removed on stop.")
+@version_option("scan-serve")
+def main(repository: str, model_name: str, model_version: Optional[int], host: str, port: int, metrics_port: int,
          no_metrics: bool, triton_url: Optional[str], device: str, threads: Optional[int], max_batch: int,
          token_file: Optional[str], tls_cert: Optional[str], tls_key: Optional[str], max_images: int,
          max_image_bytes: int, max_pixels: int, store: Optional[str], store_max_images: int, store_max_bytes: int,
-         finetune_device: str, grace: float) -> None:
+         finetune_device: str, grace: float, max_concurrent_rpcs: int, ready_file: Optional[str]) -> None:
     """Serve a model version of a repository over gRPC (ClassifyUnlabeled, model info, prototypes)."""
     logging.basicConfig(level=logging.INFO, format="scan-serve: %(message)s")
     logging.getLogger("faiss").setLevel(logging.WARNING)  # not "Successfully loaded faiss" on every start
@@ -85,14 +94,15 @@ def main(repository: str, model_name: str, version: Optional[int], host: str, po
             if os.stat(token_file).st_mode & 0o077:
                 click.echo(f"scan-serve: warning: {token_file} is readable by other users (chmod 600 it)", err=True)
         settings = ServeSettings(
-            repository=Path(repository), model_name=model_name, version=version, host=host, port=port,
+            repository=Path(repository), model_name=model_name, version=model_version, host=host, port=port,
             metrics_port=None if no_metrics else metrics_port, triton_url=triton_url, device=device, threads=threads,
             max_batch=max_batch, token=token, tls_cert=_read(tls_cert, "--tls-cert"), tls_key=_read(tls_key, "--tls-key"),
             limits=InputLimits(max_images=max_images, max_image_bytes=max_image_bytes, max_pixels=max_pixels),
             store=Path(store) if store else None, store_max_images=store_max_images, store_max_bytes=store_max_bytes,
-            finetune_device=finetune_device,
+            finetune_device=finetune_device, max_concurrent_rpcs=max_concurrent_rpcs,
         )
-        serve(settings, grace, log_line=lambda line: click.echo(f"scan-serve: {line}", err=True))
+        serve(settings, grace, log_line=lambda line: click.echo(f"scan-serve: {line}", err=True),
+              ready_file=Path(ready_file) if ready_file else None)
     except click.UsageError as exc:
         click.echo(f"scan-serve: error: {exc.format_message()}", err=True)
         sys.exit(2)

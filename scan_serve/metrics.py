@@ -8,7 +8,10 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+from prometheus_client import (
+    CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector, ProcessCollector,
+    disable_created_metrics, start_http_server,
+)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
@@ -20,6 +23,10 @@ class Metrics:
         disable_created_metrics()  # no `_created` timestamp series next to every counter and histogram
         self.registry = CollectorRegistry()
         r = self.registry
+        # the standard process_* (memory, CPU, open files), python_gc_* and python_info series
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
+        PlatformCollector(registry=r)
         self.requests = Counter("scan_requests", "gRPC requests by method and status code", ["method", "code"],
                                 registry=r)
         self.latency = Histogram("scan_request_duration_seconds", "gRPC request latency by method and status code",

@@ -13,7 +13,7 @@ repository=runs/model_repository
 if [[ -d $repository/fashion_mnist/1 ]]; then
   echo "export: $repository/fashion_mnist/1 already exists, keeping it"
 else
-  .venv/bin/scan-export "$run" --repository "$repository" --model-name fashion_mnist --version 1
+  .venv/bin/scan-export "$run" --repository "$repository" --model-name fashion_mnist --model-version 1
 fi
 .venv/bin/python scripts/classify_demo.py --repository "$repository" --model-name fashion_mnist --run "$run"
 echo

@@ -7,6 +7,7 @@ import sys
 import click
 
 from trainer.baselines import baselines_line
+from trainer.cliversion import version_option
 from trainer.config import RunConfig, explicit_keys, load_config
 from trainer.data.plan import FolderPlan, plan_folder
 from trainer.device import configure_cpu_threads, resolve_device
@@ -17,6 +18,7 @@ from trainer.rundir import RunDir
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("scan-train")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Run directory (created; reused to resume).")
 @click.option("--stage", type=click.Choice(ORDER), default=None, help="Run only this stage (earlier ones must be done).")

@@ -34,17 +34,17 @@ def test_export_prints_what_it_published_and_numbers_versions(trained_run, tmp_p
     assert first.returncode == 0, first.stderr
     assert f"fm version 1: {repo}/fm/1" in first.stdout
     assert "parity: max |onnxruntime - PyTorch|" in first.stdout and "10 clusters" in first.stdout
-    second = scan_export(trained_run, "--repository", repo, "--model-name", "fm", "--version", "next")
+    second = scan_export(trained_run, "--repository", repo, "--model-name", "fm", "--model-version", "next")
     assert second.returncode == 0 and "fm version 2" in second.stdout
     assert ModelRepository(repo).versions("fm") == [1, 2]
 
 
 def test_bad_arguments_are_one_line_errors(trained_run, tmp_path):
     repo = tmp_path / "repo"
-    assert scan_export(trained_run, "--repository", repo, "--model-name", "fm", "--version", "3").returncode == 0
+    assert scan_export(trained_run, "--repository", repo, "--model-name", "fm", "--model-version", "3").returncode == 0
     cases = [
-        (["--version", "3"], "fm version 3 already exists"),
-        (["--version", "0"], "expected a positive integer or 'next', got '0'"),
+        (["--model-version", "3"], "fm version 3 already exists"),
+        (["--model-version", "0"], "expected a positive integer or 'next', got '0'"),
         (["--head", "7"], "--head 7: "),
         (["--head", "first"], "expected 'best' or a head number"),
         (["--device", "tpu"], "tpu"),

@@ -1,5 +1,6 @@
 """What operators and tools see: health, reflection, metrics (promtool, a real Prometheus), TLS, shutdown."""
 
+import importlib.metadata
 import json
 import logging
 import signal
@@ -93,6 +94,8 @@ def test_metrics_count_requests_clusters_and_confidence_and_pass_promtool(runnin
             r.confidence < threshold for r in mine)
     assert sample(after, "scan_model_info", model="fashion_mnist", version="1", backend="onnxruntime") == 1
     assert sample(after, "scan_backend_up", backend="onnxruntime") == 1
+    assert 50e6 < sample(after, "process_resident_memory_bytes") < 4e9  # the standard collectors, this process
+    assert sample(after, "python_gc_objects_collected_total", generation="0") > 0
 
     check = subprocess.run(["promtool", "check", "metrics"], input=after, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -254,3 +257,64 @@ def test_a_request_whose_client_went_away_is_not_worked_on_further(repository, c
         assert decoded < 128, stopped  # decoding stopped part-way (a full decode takes seconds)
     finally:
         running.stop(0)
+
+
+def test_the_ready_file_names_the_port_and_goes_away_on_stop(repository, tmp_path):
+    ready = tmp_path / "ready.json"
+    process = subprocess.Popen([sys.executable, "-m", "scan_serve.cli", "--repository", str(repository), "--model-name",
+                                "fashion_mnist", "--model-version", "1", "--port", "0", "--metrics-port", "0",
+                                "--ready-file", str(ready)], cwd=REPO, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert process.poll() is None and time.monotonic() < deadline, "scan-serve never became ready"
+            time.sleep(0.05)
+        info = json.loads(ready.read_text())
+        assert info["pid"] == process.pid and (info["model_name"], info["model_version"]) == ("fashion_mnist", 1)
+        with grpc.insecure_channel(f"127.0.0.1:{info['port']}") as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+        assert "scan_requests_total" in scrape(info["metrics_port"])
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0 and not ready.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_calls_beyond_the_concurrency_limit_are_shed_with_resource_exhausted(repository):
+    running = start(repository, metrics_port=None, max_concurrent_rpcs=1)
+    outcome = {}
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}",
+                                   options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+            stub = scan_pb2_grpc.ScanServiceStub(channel)
+            slow = threading.Thread(target=lambda: outcome.update(slow=stub.ClassifyUnlabeled(big_request(), timeout=120)))
+            slow.start()
+            time.sleep(0.5)  # the slow call is decoding its 96 large images
+            with pytest.raises(grpc.RpcError) as error:
+                stub.GetModelInfo(scan_pb2.GetModelInfoRequest(), timeout=10)
+            assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            slow.join(timeout=120)
+            assert len(outcome["slow"].results) == 96
+            assert stub.GetModelInfo(scan_pb2.GetModelInfoRequest(), timeout=10).model_version == 1
+    finally:
+        running.stop(1)
+
+
+@pytest.mark.parametrize("program", ["scan_serve.cli", "export.cli", "trainer.cli"])
+def test_every_cli_prints_its_version(program):
+    result = subprocess.run([sys.executable, "-m", program, "--version"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    name = {"scan_serve.cli": "scan-serve", "export.cli": "scan-export", "trainer.cli": "scan-train"}[program]
+    assert result.returncode == 0 and result.stdout.strip() == f"{name} {importlib.metadata.version('scan-service')}"
+
+
+@pytest.mark.parametrize("program,args", [("scan_serve.cli", ["--repository", "r", "--model-name", "m", "--version", "2"]),
+                                          ("export.cli", ["run", "--repository", "r", "--model-name", "m",
+                                                          "--version=next"])])
+def test_the_old_model_version_flag_is_refused_with_the_new_one_named(program, args):
+    result = subprocess.run([sys.executable, "-m", program, *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and "the model version flag is now --model-version" in result.stderr
