@@ -154,6 +154,8 @@ def markdown(result: dict) -> str:
             f"{r['auto']['acc']:.3f} | {r['auto']['acc'] - r['true']['acc']:+.3f} | {r['true']['nmi']:.3f} / "
             f"{r['auto']['nmi']:.3f} | {'yes' if r['k_within'] else 'no'} | {'yes' if r['acc_within'] else 'no'} | "
             f"{r['search_s']:.0f} | {r['preset_s']:.0f} | {r['search_share']:.0%} |")
+    if result.get("note"):
+        lines += ["", f"Note: {result['note']}"]
     both = sum(r["k_within"] and r["acc_within"] for r in result["sets"].values())
     lines += ["", f"Both criteria met on {both} of {len(result['sets'])} sets.", "",
               "Stability (mean ARI between the heads of each K, ± its standard error) per candidate, and the "
@@ -171,9 +173,17 @@ def main() -> None:
     parser.add_argument("--folders", type=Path, default=REPO / "runs/folders", help="where make_folders wrote them")
     parser.add_argument("--runs", type=Path, default=REPO / "runs/k_selection")
     parser.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.md")
+    parser.add_argument("--note", default=None, help="a remark on how the run went, kept in OUT.json and OUT.md")
+    parser.add_argument("--render", action="store_true", help="only rewrite OUT.md from OUT.json (with --note)")
     args = parser.parse_args()
+    if args.render:
+        result = json.loads(args.out.with_suffix(".json").read_text())
+        result["note"] = args.note or result.get("note")
+        write_json(args.out.with_suffix(".json"), result)
+        atomic_write_text(args.out.with_suffix(".md"), markdown(result))
+        return
     result = {"command": command_line(), "machine": machine(torch.device("cpu")),
-              "load_before": [round(v, 2) for v in os.getloadavg()], "sets": {}}
+              "load_before": [round(v, 2) for v in os.getloadavg()], "note": args.note, "sets": {}}
     for name in args.sets:
         result["sets"][name] = run_set(name, args.runs, args.folders)
         print(json.dumps({name: {k: result["sets"][name][k] for k in ("classes", "chosen", "search_share")}}),
