@@ -165,7 +165,7 @@ def test_a_folder_of_unlabeled_images_trains_with_no_labels_anywhere(tmp_path):
         REPO / "configs/folder.yaml", "--output", tmp_path / "run",
         "--set", f"data.root={root}", "--set", "data.image_size=32",
         "--set", "model.width=8", "--set", "pretext.epochs=2", "--set", "pretext.batch_size=64",
-        "--set", "scan.num_clusters=2", "--set", "scan.epochs=5",
+        "--set", "scan.epochs=5",  # scan.num_clusters: the preset's auto
         "--set", "scan.batch_size=64", "--set", "selflabel.epochs=2", "--set", "selflabel.batch_size=64",
     )
     assert result.returncode == 0, result.stderr
@@ -175,10 +175,12 @@ def test_a_folder_of_unlabeled_images_trains_with_no_labels_anywhere(tmp_path):
     planned = json.loads((tmp_path / "run/report.json").read_text())["plan"]["planned"]
     assert planned["data.channels"]["value"] == 3 and planned["model.backbone"]["value"] == "convnet"
     assert planned["neighbors.k"]["value"] == 5
+    assert planned["scan.k_range"]["value"] == [2, 2]  # 120 images: about 50 per cluster at the largest K
     assert "baselines on 120 training images: " in result.stdout and "recommended: " in result.stdout
     assert "1 " in result.stderr and "skipped" in result.stderr  # the broken file is counted, not fatal
     report = json.loads((tmp_path / "run/report.json").read_text())
     assert report["pretext"]["train_images"] == 120
+    assert report["k_selection"]["chosen"] == 2 and "K search: " in result.stdout
     assert not any(k.startswith("purity") for k in report["neighbors"]) and "kmeans_test" not in report["neighbors"]
     assert np.load(tmp_path / "run/neighbors/neighbors_train.npy").shape == (120, 5)
     for stage in ("scan", "selflabel"):

@@ -84,6 +84,18 @@ def test_more_images_get_fewer_planned_epochs_and_larger_batches():
     assert planned(2_000, side=48)["pretext.epochs"] < planned(2_000)["pretext.epochs"]  # larger images cost more
     assert [planned(n)["pretext.batch_size"] for n in sizes] == [32, 128, 512, 512, 512]  # up to N / 8
     assert [planned(n)["neighbors.k"] for n in sizes] == [10, 20, 20, 20, 20]
+    # the preset searches K: candidates 2..20, fewer where 20 clusters would hold under 50 images each
+    assert [planned(n)["scan.k_range"] for n in (60, 300, 999, 1_000, 200_000)] == [
+        [2, 2], [2, 6], [2, 19], [2, 20], [2, 20]]
+
+
+def test_the_k_range_is_planned_only_for_auto_and_a_given_one_is_kept():
+    survey = FolderSurvey("/unused", 300, 300, 300, 28, 28, 28, grayscale=True)
+    fixed = load_config(PRESET, ["data.root=/unused", "scan.num_clusters=7"])
+    assert "scan.k_range" not in plan_folder(fixed, "cpu", survey=survey).overrides()
+    given = ["data.root=/unused", "scan.k_range=[3, 9]"]
+    plan = plan_folder(load_config(PRESET, given), "cpu", explicit_keys(PRESET, given), survey=survey)
+    assert "scan.k_range" not in plan.overrides() and plan.to_dict()["kept"]["scan.k_range"] == [3, 9]
 
 
 @needs_fashion_mnist

@@ -28,6 +28,9 @@ What is planned:
   left the heads unconverged: SCAN ACC 0.79, below k-means on the same features (0.89); 200 epochs
   gave 0.91, 400 gave 0.92, each a few seconds. When the backbone trains too, 50.
 * `neighbors.k`: N / 50 within 5..20 (20 from 1,000 images on).
+* `scan.k_range` (only with `scan.num_clusters: auto`, the folder preset's default): 2..20, or
+  2..N / 50 for a set under 1,000 images, so that the largest candidate still has about 50
+  images per cluster (at least 2..2).
 
 The cost model: a pretext step of the `convnet` at width 16 on 1 x 28 x 28 images runs at
 `CPU_IMAGES_PER_S` on 2 CPU cores with nothing else running
@@ -46,7 +49,7 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image
 
-from trainer.config import RunConfig
+from trainer.config import AUTO, RunConfig
 from trainer.data.folder import scan_image_files
 from trainer.data.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, probe_image_file
 from trainer.errors import DataError
@@ -68,8 +71,10 @@ SCAN_MIN_EPOCHS, SCAN_MAX_EPOCHS = 50, 500
 PLANNED_KEYS = (
     "data.image_size", "data.channels", "model.backbone", "model.width", "augment.crop_scale", "augment.jitter",
     "augment.grayscale_p", "pretext.batch_size", "pretext.epochs", "scan.batch_size", "scan.epochs",
-    "selflabel.batch_size", "neighbors.k",
+    "selflabel.batch_size", "neighbors.k", "scan.k_range",
 )
+K_SEARCH_MAX = 20  # the largest candidate K the plan proposes
+IMAGES_PER_CLUSTER = 50  # ... and no more candidates than one per this many images
 
 
 @dataclass(frozen=True)
@@ -269,4 +274,10 @@ def plan_folder(config: RunConfig, device_type: str, explicit: frozenset[str] = 
            f"{'GPU' if gpu else '2-core CPU'} for {n} images (within {MIN_EPOCHS}..{MAX_EPOCHS})")
     k = min(20, max(5, n // 50), n - 1)
     decide("neighbors.k", k, "20 neighbors from 1,000 images on" if k == 20 else "N / 50 for a small set")
+    if config.scan.num_clusters == AUTO:
+        high = min(K_SEARCH_MAX, max(2, n // IMAGES_PER_CLUSTER))
+        decide("scan.k_range", [2, high],
+               f"candidates 2..{K_SEARCH_MAX} from {K_SEARCH_MAX * IMAGES_PER_CLUSTER:,} images on"
+               if high == K_SEARCH_MAX else f"up to N / {IMAGES_PER_CLUSTER} for a small set: about "
+               f"{IMAGES_PER_CLUSTER} images per cluster at the largest K")
     return FolderPlan(survey, tuple(values))
