@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +26,28 @@ def _read(path: Optional[str], what: str) -> Optional[bytes]:
         return Path(path).read_bytes()
     except OSError as exc:
         raise click.UsageError(f"{what} {path}: {exc.strerror}") from None
+
+
+class _JsonLines(logging.Formatter):
+    """One JSON object per log record: time (UTC, ISO 8601), level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%SZ"), "level": record.levelname,
+                           "logger": record.name, "message": record.getMessage()}
+                          | ({"exception": self.formatException(record.exc_info)} if record.exc_info else {}))
+
+
+def _configure_logging(style: str) -> None:
+    """Every gateway log line on stderr with its UTC time and level (`text`), or as JSON lines (`json`)."""
+    if style == "json":
+        formatter: logging.Formatter = _JsonLines()
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s scan-serve: %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+    formatter.converter = time.gmtime
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # not "Successfully loaded faiss" on every start
 
 
 def _token(path: str) -> str:
@@ -74,6 +98,8 @@ def _token(path: str) -> str:
 @click.option("--grace", type=float, default=10.0, show_default=True, help="Seconds in-flight requests get on SIGTERM.")
 @click.option("--max-concurrent-rpcs", type=click.IntRange(min=1), default=64, show_default=True,
               help="Calls in progress at once; more are refused with RESOURCE_EXHAUSTED (load shedding).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: 'TIME LEVEL scan-serve: message' lines; json: one JSON object per line.")
 @click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
               help="Write JSON {pid, port, metrics_port, model_name, model_version} here once serving; removed on stop.")
 @version_option("scan-serve")
@@ -81,10 +107,10 @@ def main(repository: str, model_name: str, model_version: Optional[int], host: s
          no_metrics: bool, triton_url: Optional[str], device: str, threads: Optional[int], max_batch: int,
          token_file: Optional[str], tls_cert: Optional[str], tls_key: Optional[str], max_images: int,
          max_image_bytes: int, max_pixels: int, store: Optional[str], store_max_images: int, store_max_bytes: int,
-         finetune_device: str, grace: float, max_concurrent_rpcs: int, ready_file: Optional[str]) -> None:
+         finetune_device: str, grace: float, max_concurrent_rpcs: int, log_format: str, ready_file: Optional[str]) -> None:
     """Serve a model version of a repository over gRPC (ClassifyUnlabeled, model info, prototypes)."""
-    logging.basicConfig(level=logging.INFO, format="scan-serve: %(message)s")
-    logging.getLogger("faiss").setLevel(logging.WARNING)  # not "Successfully loaded faiss" on every start
+    _configure_logging(log_format)
+    log = logging.getLogger("scan_serve")
     try:
         if (tls_cert is None) != (tls_key is None):
             raise click.UsageError("--tls-cert and --tls-key go together")
@@ -92,7 +118,7 @@ def main(repository: str, model_name: str, model_version: Optional[int], host: s
         if token_file is not None:
             token = _token(token_file)
             if os.stat(token_file).st_mode & 0o077:
-                click.echo(f"scan-serve: warning: {token_file} is readable by other users (chmod 600 it)", err=True)
+                log.warning("%s is readable by other users (chmod 600 it)", token_file)
         settings = ServeSettings(
             repository=Path(repository), model_name=model_name, version=model_version, host=host, port=port,
             metrics_port=None if no_metrics else metrics_port, triton_url=triton_url, device=device, threads=threads,
@@ -101,7 +127,7 @@ def main(repository: str, model_name: str, model_version: Optional[int], host: s
             store=Path(store) if store else None, store_max_images=store_max_images, store_max_bytes=store_max_bytes,
             finetune_device=finetune_device, max_concurrent_rpcs=max_concurrent_rpcs,
         )
-        serve(settings, grace, log_line=lambda line: click.echo(f"scan-serve: {line}", err=True),
+        serve(settings, grace, log_line=log.info,
               ready_file=Path(ready_file) if ready_file else None)
     except click.UsageError as exc:
         click.echo(f"scan-serve: error: {exc.format_message()}", err=True)

@@ -3,6 +3,7 @@
 import importlib.metadata
 import json
 import logging
+import re
 import signal
 import socket
 import subprocess
@@ -195,10 +196,12 @@ def test_sigterm_lets_the_in_flight_request_finish_then_exits_cleanly(repository
         assert finished - started > 0.6  # it really was in flight when SIGTERM came
         assert process.wait(timeout=60) == 0
         deadline = time.monotonic() + 10
-        while "scan-serve: stopped\n" not in lines and time.monotonic() < deadline:  # the log reader catches up
-            time.sleep(0.05)
+        while not any(line.endswith(" INFO scan-serve: stopped\n") for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the log reader catches up
         log = "".join(lines)
         assert "SIGTERM: finishing in-flight requests" in log and "scan-serve: stopped" in log
+        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ INFO scan-serve: serving fashion_mnist version 1 ",
+                        next(line for line in lines if "serving fashion_mnist" in line))
     finally:
         if process.poll() is None:
             process.kill()
@@ -318,3 +321,23 @@ def test_the_old_model_version_flag_is_refused_with_the_new_one_named(program, a
     result = subprocess.run([sys.executable, "-m", program, *args], cwd=REPO, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2 and "the model version flag is now --model-version" in result.stderr
+
+
+def test_json_log_lines_carry_time_level_and_message(repository):
+    lines = []
+    process, port = spawn_gateway(["--repository", str(repository), "--model-name", "fashion_mnist", "--port", "0",
+                                   "--no-metrics", "--log-format", "json"], echo=lines.append)
+    try:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        deadline = time.monotonic() + 10
+        while not any('"stopped"' in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        records = [json.loads(line) for line in lines]  # every line is one JSON object
+        serving = next(r for r in records if r["message"].startswith("serving fashion_mnist version 1"))
+        assert serving["level"] == "INFO" and serving["logger"] == "scan_serve" and serving["time"].endswith("Z")
+        assert records[-1]["message"] == "stopped"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
