@@ -106,6 +106,15 @@ def serve(settings: ServeSettings, grace: float = 10.0, log_line: Callable[[str]
     except ImportError:  # pragma: no cover - faiss is a dependency of the cpu/gpu extras
         pass
     running = create_server(settings, log_line)
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        log_line(f"{signal.Signals(signum).name}: finishing in-flight requests (up to {grace:g} s), then stopping")
+        stopping.set()
+
+    # before anyone can learn that the gateway serves: a SIGTERM right after the ready file must drain, not kill
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     served = running.gateway.current
     scheme = "TLS" if settings.tls_cert is not None else "plaintext"
     log_line(f"serving {served.name} version {served.number} ({served.num_clusters} clusters, "
@@ -115,14 +124,6 @@ def serve(settings: ServeSettings, grace: float = 10.0, log_line: Callable[[str]
         atomic_write_text(ready_file, json.dumps({
             "pid": os.getpid(), "port": running.port, "metrics_port": running.metrics_port,
             "model_name": served.name, "model_version": served.number}) + "\n")
-    stopping = threading.Event()
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        log_line(f"{signal.Signals(signum).name}: finishing in-flight requests (up to {grace:g} s), then stopping")
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     stopping.wait()
     if ready_file is not None:
         ready_file.unlink(missing_ok=True)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from scan_serve.errors import InvalidInput, OverLimit
-from scan_serve.inputs import InputLimits, prepare_image
+from scan_serve.inputs import InputLimits, prepare_image, prepare_images
 from scan_serve.proto import scan_pb2
 from tests.fmnist import needs_fashion_mnist
 from tests.serve.bad_inputs import jpeg_of_scans, png_bomb, rle_bmp
@@ -134,6 +134,19 @@ def test_a_message_over_the_size_limit_is_refused_by_grpc_itself(repository):
             assert stub.ClassifyUnlabeled(scan_pb2.ClassifyRequest(images=[raw_image()])).model_version == 1
     finally:
         running.stop(1)
+
+
+def test_a_batch_of_model_sized_raw_images_is_taken_whole_and_equals_the_per_image_path():
+    rng = np.random.default_rng(5)
+    limits = InputLimits()
+    images = [raw_image(rng.integers(0, 256, 784, dtype=np.uint8).tobytes(), image_id=f"é{i}") for i in range(9)]
+    whole = prepare_images(images, 1, 28, limits)
+    assert whole.flags.writeable
+    np.testing.assert_array_equal(whole, np.stack([prepare_image(im, i, 1, 28, limits) for i, im in enumerate(images)]))
+    mixed = [*images[:3], scan_pb2.Image(encoded=GOOD)]  # not all raw: the per-image path
+    np.testing.assert_array_equal(prepare_images(mixed, 1, 28, limits)[:3], whole[:3])
+    with pytest.raises(InvalidInput, match="image 1: the id is longer than 256 bytes"):  # rules still apply
+        prepare_images([images[0], raw_image(bytes(784), image_id="é" * 200)], 1, 28, limits)
 
 
 def test_ordinary_progressive_jpegs_and_small_rle_bmps_are_decoded():
