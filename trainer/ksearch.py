@@ -5,7 +5,8 @@ Every candidate K gets `num_heads` linear heads, trained exactly as the SCAN sta
 heads on cached features (same loss, entropy weight, learning rate, batches), but all candidates
 share one pass over the data: their weights live in one `(G, H, K_max, D)` tensor and the logits of
 a candidate with K < K_max are masked to -inf beyond K, so its softmax, loss and gradients are
-those of a K-way head. A search over 2..20 therefore costs about one SCAN stage.
+those of a K-way head. A search over 2..20 (19 candidates) therefore costs a few SCAN stages on
+cached features, not 19 (measured 1.7x to 3.4x).
 
 The scores (all label-free, computed on the training images):
 
