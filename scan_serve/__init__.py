@@ -6,6 +6,7 @@ Modules, by role:
 * `backends`  embedded onnxruntime (with in-process batching) or a Triton server;
 * `model`     a served version: metadata, prototype index, backend; cluster names;
 * `metrics`   Prometheus metrics;
+* `memory`    freed heap memory back to the system after large decodes;
 * `settings`  `ServeSettings`: everything a gateway runs with, and the serving defaults;
 * `gateway`   the served version and its switch without restart, names, health, the fine-tuning jobs;
 * `servicer`  the RPCs (errors become status codes, malformed bytes INVALID_ARGUMENT);

@@ -16,6 +16,7 @@ from scan_serve.finetune_options import MIN_IMAGES_PER_CLUSTER, OptionError, che
 from scan_serve.gateway import Gateway
 from scan_serve.inputs import check_request, prepare_image, prepare_images, raw_picture
 from scan_serve.jobs import JobManager
+from scan_serve.memory import release_freed_memory
 from scan_serve.model import ServedVersion
 from scan_serve.proto import scan_pb2, scan_pb2_grpc
 from scan_serve.store import JOB_STATES
@@ -115,6 +116,8 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             return self._classify(request, served, context.is_active)
         finally:
             served.leave()
+            if any(image.WhichOneof("content") == "encoded" for image in request.images):
+                release_freed_memory()  # decoding large images leaves freed arenas behind
 
     def _classify(self, request: scan_pb2.ClassifyRequest, served: ServedVersion,
                   alive: Callable[[], bool]) -> scan_pb2.ClassifyResponse:
