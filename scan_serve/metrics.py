@@ -5,19 +5,23 @@ Every name starts with `scan_`; counters end in `_total`, durations are in secon
 
 from __future__ import annotations
 
+import socket
 import threading
 from typing import Iterator, Optional, Sequence
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import numpy as np
 from prometheus_client import (
     CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector, ProcessCollector,
-    disable_created_metrics, start_http_server,
+    disable_created_metrics, make_wsgi_app,
 )
 from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
+HTTP_IDLE_TIMEOUT_S = 10.0  # a metrics connection silent this long is closed
 SIMILARITY_BUCKETS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
 
 
@@ -139,7 +143,23 @@ class Metrics:
         if nearest_similarity is not None:
             self.similarity.observe(nearest_similarity)
 
-    def serve_http(self, port: int, host: str = "127.0.0.1") -> tuple[object, int]:
-        """Start the /metrics HTTP endpoint; returns (server, bound port)."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
+    def serve_http(self, port: int, host: str = "127.0.0.1", idle_timeout_s: float = HTTP_IDLE_TIMEOUT_S
+                   ) -> tuple[object, int]:
+        """Start the /metrics HTTP endpoint; returns (server, bound port).
+
+        prometheus_client's own server keeps a thread per connection for as long as the client holds
+        it open; here a connection that sends nothing for `idle_timeout_s` is closed (a scrape takes
+        milliseconds), so idle connections cannot pile up threads."""
+
+        class Handler(WSGIRequestHandler):
+            timeout = idle_timeout_s  # socket timeout of each connection (StreamRequestHandler)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base signature
+                pass  # no line per scrape
+
+        class Server(ThreadingWSGIServer):
+            address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+        server = make_server(host, port, make_wsgi_app(self.registry), Server, handler_class=Handler)
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         return server, int(server.server_port)

@@ -41,3 +41,30 @@ def test_an_unlabelled_array_histogram_equals_the_reference_too():
     for v in values.tolist():
         plain.observe(v)
     assert samples(ours) == samples(reference)
+
+
+def test_idle_metrics_connections_are_closed_and_scrapes_go_on():
+    import socket  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+    import time  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    from scan_serve.metrics import Metrics  # noqa: PLC0415
+
+    server, port = Metrics().serve_http(0, idle_timeout_s=0.5)
+    try:
+        threads = threading.active_count()
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(30)]  # connect, never send
+        for connection in idle:  # each holds a handler thread until the server closes it
+            connection.settimeout(5)
+            assert connection.recv(1) == b""  # closed by the server after 0.5 s of silence (else: timeout)
+            connection.close()
+        deadline = time.monotonic() + 5
+        while threading.active_count() > threads and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert threading.active_count() <= threads
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "scan_requests_total" in text or "scan_images_classified_total" in text
+    finally:
+        server.shutdown()
+        server.server_close()
