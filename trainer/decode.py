@@ -84,8 +84,8 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
 def _composite_on_white(image: Image.Image, chunk_pixels: int = _COMPOSITE_CHUNK_PIXELS) -> Image.Image:
     """LA/RGBA image -> L/RGB image with transparent pixels white (integer rounding).
 
-    Computed a band of rows at a time (about `chunk_pixels` pixels): the uint32 arithmetic of a
-    whole 4096 x 4096 image would take about 800 MB; the result is the same."""
+    Computed a band of rows at a time (about `chunk_pixels` pixels): on a whole 4096 x 4096 image
+    the uint32 temporaries alone are several hundred MB; the result is the same."""
     arr = np.asarray(image)
     out = np.empty((*arr.shape[:2], arr.shape[2] - 1), dtype=np.uint8)
     rows = max(1, chunk_pixels // max(1, arr.shape[1]))
